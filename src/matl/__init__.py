@@ -14,6 +14,13 @@ Subpackages
     The seeded, batched federated simulator (``Simulation``, ``SimulationConfig``).
 ``matl.trust``
     The MATL trust engine (``MATLRule``, ``Mode0``, ``Mode1``; the aggregation rule ``"matl"``).
+``matl.crypto``, ``matl.wire``, ``matl.protocol``
+    Ed25519 identities, the safetensors gradient codec and the signed messages.
+``matl.ledger``
+    The signed, hash-chained ledger (SQLite or PostgreSQL).
+``matl.validator``, ``matl.server``, ``matl.client``
+    The IO-free validator core, its HTTP/gRPC/WebSocket adapters and the client SDK
+    (``MATLClient``, ``AsyncMATLClient``).
 """
 
 from __future__ import annotations
@@ -30,12 +37,22 @@ from matl.errors import (
 )
 
 if TYPE_CHECKING:
+    from matl.client import AsyncMATLClient, MATLClient
     from matl.trust import MATLRule, Mode0, Mode1
+    from matl.validator import MATLValidator, ValidatorConfig
 
 __version__ = "0.1.0"
 
 #: Names imported on first access (``from matl import MATLRule``) so ``import matl`` stays light.
-_LAZY = {"MATLRule": "matl.trust", "Mode0": "matl.trust", "Mode1": "matl.trust"}
+_LAZY = {
+    "MATLRule": "matl.trust",
+    "Mode0": "matl.trust",
+    "Mode1": "matl.trust",
+    "MATLClient": "matl.client",
+    "AsyncMATLClient": "matl.client",
+    "MATLValidator": "matl.validator",
+    "ValidatorConfig": "matl.validator",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -49,14 +66,18 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AsyncMATLClient",
     "ConfigError",
     "DatasetUnavailableError",
     "InvalidUpdateError",
+    "MATLClient",
     "MATLError",
     "MATLRule",
+    "MATLValidator",
     "Mode0",
     "Mode1",
     "PreconditionError",
     "UnknownNameError",
+    "ValidatorConfig",
     "__version__",
 ]

@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from matl.errors import ConfigError, MATLError
+from matl.experiments.report_io import emit_table
 
 app = typer.Typer(
     help="MATL: Byzantine-robust trust middleware for federated learning.",
@@ -299,7 +300,7 @@ def bench_sim_cmd(
         for r in rows
     ]
     records = [{**dataclasses.asdict(r), "matmul_peak_gflops": peak} for r in rows]
-    _emit_table(f"matmul peak: {peak:.1f} GFLOP/s", header, cells, records, out, "bench_sim")
+    emit_table(f"matmul peak: {peak:.1f} GFLOP/s", header, cells, records, out, "bench_sim")
 
 
 @bench_app.command("rounds")
@@ -361,7 +362,7 @@ def bench_rounds_cmd(
         for r in rows
     ]
     title = f"round benchmark ({rounds} rounds, target accuracy {target})"
-    _emit_table(title, header, cells, [r.as_dict() for r in rows], out, "bench_rounds")
+    emit_table(title, header, cells, [r.as_dict() for r in rows], out, "bench_rounds")
 
 
 @bench_app.command("aggregation")
@@ -402,7 +403,7 @@ def bench_aggregation_cmd(
         for r in rows
     ]
     records = [dataclasses.asdict(r) for r in rows]
-    _emit_table(
+    emit_table(
         "aggregation rules vs a plain mean (float32)",
         header,
         cells,
@@ -462,7 +463,7 @@ def bench_trust_cmd(
         for r in rows
     ]
     records = [dataclasses.asdict(r) for r in rows]
-    _emit_table(
+    emit_table(
         "MATL trust engine vs a plain mean and Krum (float32)",
         header,
         cells,
@@ -482,33 +483,13 @@ def _parse_shape(text: str) -> tuple[int, int]:
     return n, d
 
 
-def _emit_table(
-    title: str,
-    header: list[str],
-    cells: list[list[str]],
-    records: list[dict[str, Any]],
-    out: Path | None,
-    stem: str,
-) -> None:
-    """Print a table and, with ``out``, write it as ``stem.csv`` (raw values) and ``stem.md``."""
-    table = Table(*header, title=title)
-    for row in cells:
-        table.add_row(*row)
-    console.print(table)
-    if out is None or not records:
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / f"{stem}.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    md = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in cells]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
-
-
 def _opt(value: float | None, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
+
+
+from matl.cli_network import register_network_commands  # noqa: E402
+
+register_network_commands(app, bench_app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

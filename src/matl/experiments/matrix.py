@@ -3,13 +3,19 @@
 A matrix file (TOML) has a ``[fixed]`` table of simulator keys shared by every run and an
 ``[axes]`` table mapping keys to lists of values; the runs are the Cartesian product of the axes
 (``dataset × attack × byzantine_fraction × defense × seed``, or any other keys — dotted keys such as
-``"attack_params.scale"`` address nested tables). An optional ``[[include]]`` array adds extra
-axis-value combinations; ``[[exclude]]`` removes combinations matching all of its keys. An optional
+``"attack_params.scale"`` address nested tables). An axis value may be an inline table, a
+*bundle* that sets several keys together (``defense = ["krum", {defense = "matl",
+"defense_params.mode" = 1}]``). Each optional ``[[grid]]`` table is a further set of axes whose
+product is added to the runs (e.g. a 50 % row for one defense only). An optional ``[[include]]``
+array adds single extra axis-value combinations; ``[[exclude]]`` removes combinations matching all of its keys. An optional
 ``[options]`` table sets ``target_accuracy`` (for the convergence metric).
 
 Each run is keyed by a hash of its fully resolved :class:`SimulationConfig`. Finished runs are
 appended to ``results.jsonl`` (one line each, flushed and fsynced by the parent process) and
-``results.csv`` is rewritten atomically after each; a re-run skips keys already present, so an
+``results.csv`` is rewritten atomically after each (``results.parquet`` too at the end, when
+pyarrow is installed); a run whose rule precondition fails (Bulyan needs n ≥ 4f + 3) is recorded
+with ``status = "precondition"`` and its error instead of stopping the matrix. Every run also
+records its peak resident memory (:class:`matl.metrics.PeakRSS`); a re-run skips keys already present, so an
 interrupted matrix loses at most the runs in flight.
 """
 
@@ -49,6 +55,7 @@ class MatrixSpec:
 
     fixed: dict[str, Any]
     axes: dict[str, list[Any]]
+    grids: list[dict[str, list[Any]]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     exclude: list[dict[str, Any]] = field(default_factory=list)
     target_accuracy: float = 0.9
@@ -56,16 +63,20 @@ class MatrixSpec:
 
 def parse_matrix(data: dict[str, Any]) -> MatrixSpec:
     """Validate the structure of a matrix table (cells are validated by :func:`expand`)."""
-    unknown = sorted(set(data) - {"fixed", "axes", "include", "exclude", "options"})
+    unknown = sorted(set(data) - {"fixed", "axes", "grid", "include", "exclude", "options"})
     if unknown:
         raise ConfigError(
-            f"unknown matrix section(s) {', '.join(unknown)}; valid: fixed, axes, include, "
+            f"unknown matrix section(s) {', '.join(unknown)}; valid: fixed, axes, grid, include, "
             "exclude, options"
         )
     axes = data.get("axes", {})
-    for key, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"axis {key!r} must be a non-empty list, got {values!r}")
+    grids = data.get("grid", [])
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise ConfigError("`grid` must be an array of tables ([[grid]]), each a set of axes")
+    for table in [axes, *grids]:
+        for key, values in table.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"axis {key!r} must be a non-empty list, got {values!r}")
     options = data.get("options", {})
     bad = sorted(set(options) - {"target_accuracy"})
     if bad:
@@ -73,6 +84,7 @@ def parse_matrix(data: dict[str, Any]) -> MatrixSpec:
     return MatrixSpec(
         fixed=dict(data.get("fixed", {})),
         axes=dict(axes),
+        grids=[dict(g) for g in grids],
         include=list(data.get("include", [])),
         exclude=list(data.get("exclude", [])),
         target_accuracy=float(options.get("target_accuracy", 0.9)),
@@ -93,12 +105,25 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _product(axes: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Every combination of ``axes``; a table value sets several keys at once (a bundle)."""
+    names = list(axes)
+    for values in itertools.product(*(axes[n] for n in names)):
+        combo: dict[str, Any] = {}
+        for name, value in zip(names, values, strict=True):
+            if isinstance(value, dict):
+                combo.update(value)
+            else:
+                combo[name] = value
+        yield combo
+
+
 def _combinations(spec: MatrixSpec) -> Iterator[dict[str, Any]]:
-    names = list(spec.axes)
-    for values in itertools.product(*(spec.axes[n] for n in names)):
-        combo = dict(zip(names, values, strict=True))
-        if not any(all(combo.get(k) == v for k, v in ex.items()) for ex in spec.exclude):
-            yield combo
+    grids = [spec.axes, *spec.grids] if spec.axes or not spec.grids else spec.grids
+    for axes in grids:
+        for combo in _product(axes):
+            if not any(all(combo.get(k) == v for k, v in ex.items()) for ex in spec.exclude):
+                yield combo
     yield from spec.include
 
 
@@ -130,6 +155,13 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
     return out
+
+
+def _parquet_column(values: list[Any]) -> list[Any]:
+    """One typed column: floats when every present value is a number, else strings."""
+    present = [v for v in values if v is not None and v != ""]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    return [None if v is None or v == "" else (float(v) if numeric else str(v)) for v in values]
 
 
 class ResultStore:
@@ -173,7 +205,37 @@ class ResultStore:
 
     def table(self) -> list[dict[str, Any]]:
         """One flat dict per run: key, every resolved config value, every metric."""
-        return [{"key": r["key"], **flatten(r["config"]), **r["metrics"]} for r in self.rows]
+        return [
+            {
+                "key": r["key"],
+                "status": r.get("status", "ok"),
+                "error": r.get("error", ""),
+                **flatten(r["config"]),
+                **r["metrics"],
+            }
+            for r in self.rows
+        ]
+
+    def write_parquet(self) -> Path | None:
+        """Write ``results.parquet`` (same columns as the CSV) when pyarrow is installed.
+
+        Returns the path, or ``None`` without pyarrow (``pip install matl[parquet]``).
+        """
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            return None
+        table = self.table()
+        columns: list[str] = []
+        for row in table:
+            columns += [c for c in row if c not in columns]
+        data = {c: _parquet_column([row.get(c) for row in table]) for c in columns}
+        path = self.dir / "results.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(pa.table(data), tmp)
+        tmp.replace(path)
+        return path
 
     def write_csv(self) -> None:
         table = self.table()
@@ -196,7 +258,8 @@ def run_cell(config: dict[str, Any], target_accuracy: float, threads: int) -> di
     import torch
 
     from matl.data import load_dataset
-    from matl.metrics import run_metrics
+    from matl.errors import PreconditionError
+    from matl.metrics import PeakRSS, run_metrics
     from matl.sim import Simulation
 
     torch.set_num_threads(threads)
@@ -206,9 +269,15 @@ def run_cell(config: dict[str, Any], target_accuracy: float, threads: int) -> di
         _DATA_CACHE[data_key] = load_dataset(
             cfg.dataset, data_dir=cfg.data_dir, **cfg.dataset_options
         )
-    history = Simulation(cfg, dataset=_DATA_CACHE[data_key]).run()
+    try:
+        with PeakRSS() as mem:
+            history = Simulation(cfg, dataset=_DATA_CACHE[data_key]).run()
+    except PreconditionError as exc:  # e.g. Bulyan at 45 % Byzantine: recorded, not fatal
+        return {"history": None, "metrics": {}, "status": "precondition", "error": str(exc)}
     metrics = run_metrics(history, target_accuracy=target_accuracy).as_dict()
-    return {"history": history.to_dict(), "metrics": metrics}
+    metrics["peak_rss_mb"] = round(mem.peak_mb, 1)
+    metrics["peak_rss_growth_mb"] = round(mem.growth_mb, 1)
+    return {"history": history.to_dict(), "metrics": metrics, "status": "ok"}
 
 
 def run_matrix(
@@ -237,23 +306,31 @@ def run_matrix(
     runs_dir = Path(out_dir) / "runs"
 
     def finish(cell: Cell, result: dict[str, Any]) -> None:
-        run_dir = runs_dir / cell.key
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "history.json").write_text(json.dumps(result["history"]))
-        store.append({"key": cell.key, "config": cell.config, "metrics": result["metrics"]})
+        row = {"key": cell.key, "config": cell.config, "metrics": result["metrics"]}
+        if result.get("history") is not None:
+            run_dir = runs_dir / cell.key
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "history.json").write_text(json.dumps(result["history"]))
+        row["status"] = result.get("status", "ok")
+        if "error" in result:
+            row["error"] = result["error"]
+        store.append(row)
         if on_done:
             on_done(cell, result["metrics"])
 
     if not todo:
         store.write_csv()
+        store.write_parquet()
         return store
     if n_workers == 1:
         for cell in todo:
             finish(cell, run_cell(cell.config, spec.target_accuracy, threads))
+        store.write_parquet()
         return store
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
         futures = {pool.submit(run_cell, c.config, spec.target_accuracy, threads): c for c in todo}
         for fut in cf.as_completed(futures):
             finish(futures[fut], fut.result())
+    store.write_parquet()
     return store
