@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.matl-installed
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench quick paper clean
 
 # torch first (the local CPU build): the project's range then admits it, so nothing pulls a newer one.
 $(STAMP): pyproject.toml
@@ -34,6 +34,16 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/matl bench sim --out runs/bench
+
+# The CI-sized attack matrix end to end (a few minutes on 2 cores), then its report.
+quick: setup
+	$(BIN)/matl matrix quick --out runs/quick --workers 2
+	$(BIN)/matl report runs/quick
+
+# The paper preset (about an hour on 2 cores; resumable: re-run to finish an interrupted run).
+paper: setup
+	$(BIN)/matl matrix paper --out runs/paper --workers 2
+	$(BIN)/matl report runs/paper
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -81,6 +81,69 @@ def test_results_have_config_columns_and_metrics(tmp_path: Path) -> None:
     assert len(again.rows) == 4  # nothing re-run
 
 
+def test_bundles_and_grids_add_their_own_cells() -> None:
+    spec = parse_matrix(
+        {
+            "fixed": FIXED,
+            "axes": {
+                "attack": ["sign_flip"],
+                "defense": ["median", {"defense": "matl", "defense_params.mode": 0}],
+            },
+            "grid": [{"attack": ["none"], "byzantine_fraction": [0.0], "defense": ["fedavg"]}],
+        }
+    )
+    cells = expand(spec)
+    got = {
+        (c.config["attack"], c.config["defense"], str(c.config["defense_params"])) for c in cells
+    }
+    assert got == {
+        ("sign_flip", "median", "{}"),
+        ("sign_flip", "matl", "{'mode': 0}"),
+        ("none", "fedavg", "{}"),
+    }
+    with pytest.raises(ConfigError, match=r"\[\[grid\]\]"):
+        parse_matrix({"grid": {"seed": [0]}})
+
+
+def test_precondition_failures_are_recorded_not_fatal(tmp_path: Path) -> None:
+    # bulyan needs n >= 4f + 3: 6 clients with 2 Byzantine (f = 2) cannot run it.
+    spec = _spec(defense=["bulyan", "median"], byzantine_fraction=[0.34], attack=["sign_flip"])
+    store = run_matrix(spec, tmp_path, workers=1)
+    by_defense = {r["config"]["defense"]: r for r in store.rows}
+    assert by_defense["bulyan"]["status"] == "precondition"
+    assert "4f + 3" in by_defense["bulyan"]["error"] or "bulyan" in by_defense["bulyan"]["error"]
+    assert by_defense["median"]["status"] == "ok"
+    assert by_defense["median"]["metrics"]["peak_rss_mb"] > 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert {r["status"] for r in rows} == {"ok", "precondition"}
+    assert not (tmp_path / "runs" / by_defense["bulyan"]["key"]).exists()
+
+
+def test_results_are_also_written_as_parquet(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is the optional parquet extra")
+    run_matrix(_spec(defense=["fedavg", "median"]), tmp_path, workers=1)
+    table = pq.read_table(tmp_path / "results.parquet")
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert table.num_rows == len(rows) == 2
+    assert set(table.column_names) == set(rows[0])
+    assert str(table.schema.field("final_accuracy").type) == "double"
+    assert sorted(table.column("defense").to_pylist()) == ["fedavg", "median"]
+
+
+def test_paper_preset_covers_the_plan() -> None:
+    cells = expand(load_matrix("paper"))
+    configs = [c.config for c in cells]
+    defenses = {(c["defense"], c["defense_params"].get("mode")) for c in configs}
+    assert len(defenses) == 12  # ten baselines plus MATL Mode 0 and Mode 1
+    assert {c["byzantine_fraction"] for c in configs} == {0.0, 0.2, 0.33, 0.4, 0.45, 0.5}
+    assert {c["defense_params"].get("mode") for c in configs if c["byzantine_fraction"] == 0.5} == {
+        1
+    }
+    assert {c["seed"] for c in configs} == {0, 1, 2}
+    assert len({c["attack"] for c in configs}) == 15  # every attack plus "none"
+    assert all(c["dataset"] == "mnist" for c in configs)
+
+
 def test_parallel_workers(tmp_path: Path) -> None:
     store = run_matrix(_spec(seed=[0, 1, 2]), tmp_path, workers=2)
     assert sorted(r["config"]["seed"] for r in store.rows) == [0, 1, 2]

@@ -1,6 +1,7 @@
 """Fixtures of the ledger tests: identities, a filled chain, raw SQL access, and PostgreSQL.
 
-``postgres_url`` starts a throwaway PostgreSQL cluster for the session (DESIGN §7): ``initdb`` and
+``postgres_url`` is ``$MATL_TEST_POSTGRES_URL`` when set (``.ci/run`` starts a PostgreSQL server and
+sets it); otherwise it starts a throwaway cluster for the session (DESIGN §7): ``initdb`` and
 ``pg_ctl`` from ``/usr/lib/postgresql/*/bin`` run as the ``postgres`` user in a temporary directory
 it owns, listening on a free port of 127.0.0.1 only. Without those binaries the PostgreSQL tests
 skip, unless the ``CI`` environment variable is set: then they fail, so CI cannot silently lose them.
@@ -213,7 +214,15 @@ def _unavailable(reason: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """URL of a throwaway PostgreSQL cluster on 127.0.0.1, stopped and deleted after the session."""
+    """URL of a throwaway PostgreSQL cluster on 127.0.0.1, stopped and deleted after the session.
+
+    ``MATL_TEST_POSTGRES_URL`` (set by ``.ci/run``, which starts the server) is used instead when
+    present.
+    """
+    external = os.environ.get("MATL_TEST_POSTGRES_URL")
+    if external:
+        yield external
+        return
     initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdbs:
         _unavailable(

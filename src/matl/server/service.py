@@ -96,6 +96,10 @@ class ValidatorService:
 
     def _op_register(self, body: dict[str, Any], payload: bytes | None) -> Reply:
         key = bytes.fromhex(_field(body, "public_key", str))
+        if len(key) != 32:
+            raise MalformedPayloadError(
+                f"public_key must be 32 bytes (64 hex digits) of Ed25519 key, got {len(key)} bytes"
+            )
         return Reply({"node_id": self.validator.register(key)})
 
     def _op_submit(self, body: dict[str, Any], payload: bytes | None) -> Reply:
