@@ -51,9 +51,11 @@ def test_a_round_through_the_sync_client(service: ValidatorService) -> None:
     clients = [MATLClient(InProcessTransport(service)) for _ in range(4)]
     grads: list[Any] = [_update(0), torch.from_numpy(_update(1)), {"w": _update(2)}]
     grads.append(-4 * _update(3))
-    receipts = [c.submit_gradient(g, {"i": i}) for i, (c, g) in enumerate(zip(clients, grads))]
+    receipts = [
+        c.submit_gradient(g, {"i": i}) for i, (c, g) in enumerate(zip(clients, grads, strict=False))
+    ]
     assert all(r.round == 0 for r in receipts)
-    verdicts = [c.verify_gradient(r.gradient_hash) for c, r in zip(clients, receipts)]
+    verdicts = [c.verify_gradient(r.gradient_hash) for c, r in zip(clients, receipts, strict=False)]
     assert [v.verdict for v in verdicts] == ["accepted"] * 3 + ["flagged"]
     trusted = clients[0].get_trusted_gradients(0, min_score=0.5)
     assert {t.node_id for t in trusted} == {c.node_id for c in clients[:3]}
@@ -130,7 +132,8 @@ def test_the_async_client_has_the_same_methods(service: ValidatorService) -> Non
             *(c.submit_gradient(_update(i)) for i, c in enumerate(clients))
         )
         verdicts = [
-            await c.wait_for_verdict(r.gradient_hash, timeout=10) for c, r in zip(clients, receipts)
+            await c.wait_for_verdict(r.gradient_hash, timeout=10)
+            for c, r in zip(clients, receipts, strict=False)
         ]
         rep = await clients[0].reputation()
         assert rep.rounds_seen == 1

@@ -183,7 +183,7 @@ def bench_serve_cmd(
             f"{r.verdict_p50_ms:.0f}",
             f"{r.verdict_p99_ms:.0f}",
             f"{100 * r.accepted_fraction:.0f}%",
-        ]  # fmt: skip
+        ]
         for r in rows
     ]
     import dataclasses
