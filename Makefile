@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.matl-installed
 
-.PHONY: setup demo test test-slow lint bench quick paper clean
+.PHONY: setup demo test test-slow lint bench quick paper proto clean
 
 # torch first (the local CPU build): the project's range then admits it, so nothing pulls a newer one.
 $(STAMP): pyproject.toml
@@ -35,6 +35,10 @@ test-slow: setup
 bench: setup
 	$(BIN)/matl bench sim --out runs/bench
 
+# gRPC stubs from proto/matl/v1/matl.proto (also generated at install and, if missing, on import).
+proto: setup
+	$(BIN)/python src/matl/_proto/_generate.py
+
 # The CI-sized attack matrix end to end (a few minutes on 2 cores), then its report.
 quick: setup
 	$(BIN)/matl matrix quick --out runs/quick --workers 2
@@ -47,3 +51,4 @@ paper: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -f src/matl/_proto/matl_pb2*.py src/matl/_proto/matl.proto src/matl/_proto/matl_proto.sha256

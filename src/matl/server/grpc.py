@@ -1,0 +1,384 @@
+"""The validator's gRPC transport: typed RPCs over :class:`ValidatorService`.
+
+Service ``matl.v1.Validator`` (``proto/matl/v1/matl.proto``):
+
+=================  ===============  ============================================
+RPC                operation        reply
+=================  ===============  ============================================
+``Register``       ``register``     ``RegisterReply``
+``Submit``         ``submit``       ``Receipt`` (payload: the safetensors)
+``GetReceipt``     ``receipt``      ``Receipt``
+``GetRound``       ``round``        ``RoundInfo``
+``GetModel``       ``model``        ``Model`` (payload: the global model)
+``GetVerdict``     ``verdict``      ``Verdict``
+``GetTrusted``     ``trusted``      ``TrustedGradients``
+``GetReputation``  ``reputation``   ``NodeReputation``
+``CloseRound``     ``close_round``  ``CloseRoundReply``
+``GetInfo``        ``info``         ``ValidatorInfo``
+``WatchVerdicts``  (subscription)   ``stream Verdict``
+=================  ===============  ============================================
+
+Every unary RPC is the same thin adapter: message -> ``(op, body, payload)`` ->
+:meth:`ValidatorService.handle` -> message (:mod:`matl._proto.codec`). A
+:class:`~matl.errors.ServiceError` ends the RPC with the status of
+:func:`~matl._proto.codec.status_for` and its ``code`` in the trailing metadata
+(``matl-error-code``). The server accepts messages up to the payload limit plus a margin, so a
+payload a little over ``max_payload_bytes`` reaches the validator (and is refused with
+``payload_too_large``) while a far larger one is refused by gRPC itself (``RESOURCE_EXHAUSTED``).
+
+``WatchVerdicts`` streams every verdict the validator signs after the subscription is live; the
+server sends the initial metadata ``matl-subscribed: 1`` at that moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, NoReturn
+
+import grpc
+
+from matl._proto import load
+from matl._proto.codec import (
+    ERROR_CODE_KEY,
+    SUBSCRIBED_KEY,
+    CodecError,
+    from_message,
+    rpc_for_op,
+    status_for,
+    to_message,
+)
+from matl.errors import ConfigError, MalformedPayloadError, ServiceError
+from matl.server.service import ValidatorService
+
+__all__ = [
+    "PUSH_BACKLOG",
+    "BacklogError",
+    "GRPCServerHandle",
+    "InternalError",
+    "ValidatorServicer",
+    "max_message_size",
+    "run_grpc",
+    "serve_grpc",
+    "start_grpc_server",
+]
+
+PUSH_BACKLOG = 10_000
+"""Verdicts queued for a ``WatchVerdicts`` subscriber that reads too slowly before its stream is
+ended with ``RESOURCE_EXHAUSTED``."""
+_MARGIN = 64 * 1024
+_POLL_S = 0.5
+_log = logging.getLogger(__name__)
+_Item = dict[str, Any] | None
+
+
+class InternalError(ServiceError):
+    """The server failed on a request for a reason of its own (status ``INTERNAL``)."""
+
+    status = 500
+    code = "internal"
+
+
+class BacklogError(ServiceError):
+    """A ``WatchVerdicts`` subscriber fell :data:`PUSH_BACKLOG` verdicts behind."""
+
+    status = 503
+    code = "backlog"
+
+
+def max_message_size(info: dict[str, Any]) -> int:
+    """The largest request message the server reads: payload limit + metadata + a margin."""
+    return int(info["max_payload_bytes"]) + 2 * int(info.get("max_metadata_bytes", 0)) + _MARGIN
+
+
+def _abort(context: Any, error: ServiceError) -> NoReturn:
+    context.set_trailing_metadata(((ERROR_CODE_KEY, error.code),))
+    context.abort(status_for(error), str(error) or error.code)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+class ValidatorServicer:
+    """The ``matl.v1.Validator`` servicer: one adapter method per RPC.
+
+    Parameters
+    ----------
+    service:
+        The dispatch every RPC goes through.
+    """
+
+    def __init__(self, service: ValidatorService) -> None:
+        self.service = service
+        self._pb2 = load().pb2
+        self._closed = threading.Event()
+        self._streams: set[queue.Queue[_Item]] = set()
+        self._streams_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ unary RPCs
+    def _unary(self, op: str, request: Any, context: Any) -> Any:
+        try:
+            body, payload = from_message(request)
+        except CodecError as exc:
+            _abort(context, MalformedPayloadError(f"{op}: {exc}"))
+        error: ServiceError
+        try:
+            reply = self.service.handle(op, body, payload)
+            return to_message(getattr(self._pb2, rpc_for_op(op).reply), reply.body, reply.payload)
+        except ServiceError as exc:
+            error = exc
+        except Exception:  # a bug (or a reply that does not fit its message): log, say little
+            _log.exception("gRPC %s failed", op)
+            error = InternalError(f"{op}: internal error (see the validator's log)")
+        _abort(context, error)
+
+    def Register(self, request: Any, context: Any) -> Any:
+        """``register``: a node's public key -> its node id."""
+        return self._unary("register", request, context)
+
+    def Submit(self, request: Any, context: Any) -> Any:
+        """``submit``: a signed submission -> the validator's receipt."""
+        return self._unary("submit", request, context)
+
+    def GetReceipt(self, request: Any, context: Any) -> Any:
+        """``receipt``: (node, round) -> the stored submission's receipt."""
+        return self._unary("receipt", request, context)
+
+    def GetRound(self, request: Any, context: Any) -> Any:
+        """``round``: the open round."""
+        return self._unary("round", request, context)
+
+    def GetModel(self, request: Any, context: Any) -> Any:
+        """``model``: the global model."""
+        return self._unary("model", request, context)
+
+    def GetVerdict(self, request: Any, context: Any) -> Any:
+        """``verdict``: a gradient hash -> its signed verdict."""
+        return self._unary("verdict", request, context)
+
+    def GetTrusted(self, request: Any, context: Any) -> Any:
+        """``trusted``: a closed round's accepted gradients."""
+        return self._unary("trusted", request, context)
+
+    def GetReputation(self, request: Any, context: Any) -> Any:
+        """``reputation``: a node's reputation."""
+        return self._unary("reputation", request, context)
+
+    def CloseRound(self, request: Any, context: Any) -> Any:
+        """``close_round``: score the open round now."""
+        return self._unary("close_round", request, context)
+
+    def GetInfo(self, request: Any, context: Any) -> Any:
+        """``info``: the validator's id, mode and limits."""
+        return self._unary("info", request, context)
+
+    # ---------------------------------------------------------------------------- streaming RPC
+    def WatchVerdicts(self, request: Any, context: Any) -> Iterator[Any]:
+        """Stream verdicts as rounds close (optionally one round's or one node's only)."""
+        want_round: int | None = request.round if request.HasField("round") else None
+        want_node: str = request.node_id
+        items: queue.Queue[_Item] = queue.Queue(PUSH_BACKLOG)
+        overflow = threading.Event()
+
+        def on_verdict(verdict: dict[str, Any]) -> None:
+            if want_round is not None and verdict.get("round") != want_round:
+                return
+            if want_node and verdict.get("node_id") != want_node:
+                return
+            try:
+                items.put_nowait(verdict)
+            except queue.Full:
+                overflow.set()
+
+        def wake() -> None:
+            with contextlib.suppress(queue.Full):  # full: the reader is awake anyway
+                items.put_nowait(None)
+
+        unsubscribe = self.service.subscribe(on_verdict)
+        with self._streams_lock:
+            self._streams.add(items)
+        context.add_callback(wake)  # the RPC ended: client cancel, deadline, server stop
+        try:
+            context.send_initial_metadata(((SUBSCRIBED_KEY, "1"),))
+            while context.is_active() and not self._closed.is_set():
+                if overflow.is_set():
+                    _abort(
+                        context,
+                        BacklogError(
+                            f"the subscriber fell {PUSH_BACKLOG} verdicts behind; subscribe again"
+                        ),
+                    )
+                try:
+                    item = items.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    continue  # re-check why we were woken
+                yield to_message(self._pb2.Verdict, item)
+        finally:
+            unsubscribe()
+            with self._streams_lock:
+                self._streams.discard(items)
+
+    def close(self) -> None:
+        """End every ``WatchVerdicts`` stream (normally, status ``OK``); new ones end at once."""
+        self._closed.set()
+        with self._streams_lock:
+            streams = list(self._streams)
+        for items in streams:
+            with contextlib.suppress(queue.Full):
+                items.put_nowait(None)
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"{host}:{port}"
+
+
+def _build(
+    service: ValidatorService, host: str, port: int, max_workers: int
+) -> tuple[Any, ValidatorServicer, int]:
+    """A started server, its servicer and the bound port."""
+    info = service.handle("info", {}).body
+    options = [
+        ("grpc.max_receive_message_length", max_message_size(info)),
+        ("grpc.max_send_message_length", -1),
+        # refuse a port another process already serves (gRPC's Linux default shares it)
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="matl-grpc"),
+        options=options,
+    )
+    servicer = ValidatorServicer(service)
+    load().pb2_grpc.add_ValidatorServicer_to_server(servicer, server)
+    address = _address(host, port)
+    try:
+        bound = int(server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from None
+    if bound == 0:
+        raise ConfigError(f"cannot listen for gRPC on {address}")
+    server.start()
+    return server, servicer, bound
+
+
+def serve_grpc(
+    service: ValidatorService,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    *,
+    max_workers: int = 32,
+) -> Any:
+    """Serve ``service`` over gRPC (plaintext) from gRPC's own threads.
+
+    Parameters
+    ----------
+    service:
+        The dispatcher to serve.
+    host, port:
+        Where to listen.
+    max_workers:
+        Worker threads; each open ``WatchVerdicts`` stream holds one.
+
+    Returns
+    -------
+    grpc.Server
+        Started. ``server.wait_for_termination()`` blocks; ``server.stop(grace)`` ends it.
+
+    Raises
+    ------
+    ConfigError
+        The address cannot be bound.
+    """
+    server, _, _ = _build(service, host, port, max_workers)
+    return server
+
+
+class GRPCServerHandle:
+    """A running gRPC server (tests, embedding); :func:`start_grpc_server` makes one.
+
+    Attributes
+    ----------
+    server:
+        The ``grpc.Server``.
+    servicer:
+        Its :class:`ValidatorServicer`.
+    host, port:
+        The bound address (``port`` is the real one when 0 was asked for).
+    target, url:
+        ``host:port`` (what :class:`~matl.client.grpc.GRPCTransport` takes) and
+        ``grpc://host:port`` (what :class:`~matl.client.MATLClient` takes).
+    """
+
+    def __init__(
+        self,
+        service: ValidatorService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_workers: int = 32,
+    ) -> None:
+        self.server, self.servicer, self.port = _build(service, host, port, max_workers)
+        self.host = host
+        self.target = _address(host, self.port)
+        self.url = f"grpc://{self.target}"
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """End the verdict streams, then stop serving (in-flight RPCs get ``grace`` seconds)."""
+        self.servicer.close()
+        self.server.stop(grace).wait()
+
+    def __enter__(self) -> GRPCServerHandle:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def start_grpc_server(
+    service: ValidatorService, host: str = "127.0.0.1", port: int = 0, *, max_workers: int = 32
+) -> GRPCServerHandle:
+    """Serve ``service`` over gRPC in the background; ``port=0`` picks a free port.
+
+    Returns
+    -------
+    GRPCServerHandle
+        Running; read ``.port`` / ``.target`` / ``.url``, call ``.stop()`` (or use ``with``).
+    """
+    return GRPCServerHandle(service, host, port, max_workers)
+
+
+def run_grpc(
+    service: ValidatorService,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    *,
+    ready: Callable[[int], None] | None = None,
+    max_workers: int = 32,
+    grace: float = 5.0,
+) -> None:
+    """Serve ``service`` over gRPC until interrupted (blocks); for the command line.
+
+    Parameters
+    ----------
+    service:
+        The dispatcher to serve.
+    host, port:
+        Where to listen (``port=0`` picks a free one).
+    ready:
+        Called with the bound port once the server accepts connections.
+    max_workers:
+        Worker threads (each open ``WatchVerdicts`` stream holds one).
+    grace:
+        Seconds in-flight RPCs get to finish when the server is interrupted.
+    """
+    handle = GRPCServerHandle(service, host, port, max_workers)
+    try:
+        if ready is not None:
+            ready(handle.port)
+        handle.server.wait_for_termination()
+    finally:
+        handle.stop(grace)
