@@ -10,8 +10,8 @@ from rich.console import Console
 
 from matl.errors import MATLError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False, highlight=False)
+err_console = Console(stderr=True, emoji=False, highlight=False)
 ledger_app = typer.Typer(help="Audit a validator's ledger.")
 
 
