@@ -321,3 +321,30 @@ def test_entry_json_dict_has_every_field(sqlite_url: str, fill: Fill) -> None:
     data = entry.to_json_dict()
     assert set(data) == {f.name for f in dataclasses.fields(entry)}
     assert data["entry_hash"] == entry.entry_hash and data["kind"] == "submission"
+
+
+def test_append_batch_is_one_transaction(
+    sqlite_url: str, validator: Identity, nodes: list[Identity], submit: Submit
+) -> None:
+    with open_ledger(sqlite_url) as ledger:
+        sub = submit(ledger, validator, nodes[0], 0)
+        verdict = {
+            "kind": "verdict",
+            "round": 0,
+            "node_id": sub.node_id,
+            "gradient_hash": sub.gradient_hash,
+            "score": 0.75,
+            "verdict": "accepted",
+            "sign": validator.sign,
+            "validator_id": validator.node_id,
+        }
+        closing = {"kind": "round", "round": 0, "sign": validator.sign}
+        with pytest.raises(TypeError):  # the round entry lacks validator_id: nothing is stored
+            ledger.append_batch([verdict, closing])
+        assert [e.seq for e in ledger.entries()] == [0]
+        entries = ledger.append_batch([verdict, {**closing, "validator_id": validator.node_id}])
+        assert [e.seq for e in entries] == [1, 2] and [e.kind for e in entries] == [
+            "verdict",
+            "round",
+        ]
+        assert verify_ledger(ledger).ok

@@ -141,7 +141,11 @@ class MATLClient:
     def wait_for_verdict(
         self, gradient_hash: str, *, timeout: float = 60.0, poll: float = 0.05
     ) -> Verdict:
-        """Poll :meth:`verify_gradient` until the verdict exists or ``timeout`` passes."""
+        """Poll :meth:`verify_gradient` until the verdict exists or ``timeout`` passes.
+
+        The interval starts at ``poll`` seconds and grows by half each time up to 0.5 s, so many
+        waiting clients do not flood the validator while a round fills up.
+        """
         from matl.errors import NotFoundError
 
         deadline = time.monotonic() + timeout
@@ -151,7 +155,8 @@ class MATLClient:
             except NotFoundError:
                 if time.monotonic() >= deadline:
                     raise
-                time.sleep(poll)
+                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+                poll = min(0.5, poll * 1.5)
 
     def get_trusted_gradients(self, round: int, min_score: float = 0.0) -> list[TrustedGradient]:
         """Accepted gradients of a closed round with score ≥ ``min_score``."""

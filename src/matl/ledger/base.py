@@ -304,6 +304,10 @@ class Ledger(Protocol):
         """
         ...
 
+    def append_batch(self, items: Sequence[Mapping[str, Any]]) -> list[LedgerEntry]:
+        """Append several entries (``kind`` plus :meth:`append`'s fields each) in one transaction."""
+        ...
+
     def append_submission_with_payload(
         self,
         *,

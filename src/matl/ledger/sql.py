@@ -63,6 +63,17 @@ _PG_SCHEMA_LOCK = int.from_bytes(
 
 _meta = sa.MetaData()
 
+#: The keyword fields of :meth:`SQLLedger.append` that default to ``None``.
+_OPTIONAL_FIELDS = (
+    "node_id",
+    "gradient_hash",
+    "nonce",
+    "score",
+    "verdict",
+    "metadata",
+    "node_signature",
+)
+
 _entries = sa.Table(
     "entries",
     _meta,
@@ -443,6 +454,27 @@ class SQLLedger:
             raise ReplayError(
                 f"node {node_id} already submitted in round {round} ({exc.orig})"
             ) from exc
+
+    def append_batch(self, items: Sequence[Mapping[str, Any]]) -> list[LedgerEntry]:
+        """Append several entries in one transaction (all or none are stored).
+
+        Each item holds :meth:`append`'s arguments: ``kind`` plus its keyword fields. One commit
+        (one fsync) for a whole round's verdicts instead of one per entry.
+        """
+        out: list[LedgerEntry] = []
+        try:
+            with self._write() as conn:
+                for item in items:
+                    fields = dict(item)
+                    kind = fields.pop("kind")
+                    timestamp = fields.pop("timestamp", None)
+                    for name in _OPTIONAL_FIELDS:
+                        fields.setdefault(name, None)
+                    fields.setdefault("reasons", ())
+                    out.append(self._append_in(conn, kind, fields, timestamp))
+        except sa.exc.IntegrityError as exc:
+            raise ReplayError(f"a submission in the batch is a duplicate ({exc.orig})") from exc
+        return out
 
     def append_submission_with_payload(
         self,

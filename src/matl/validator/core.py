@@ -123,6 +123,7 @@ class MATLValidator:
         self._node_index: dict[str, int] = {}
         self._round_weights: dict[int, dict[str, float]] = {}
         self._pending: dict[str, tuple[Receipt, np.ndarray]] = {}
+        self._pending_hashes: set[str] = set()
         self._restore()
 
     # ------------------------------------------------------------------------------ identity
@@ -244,6 +245,7 @@ class MATLValidator:
             )
             receipt = self._receipt(entry)
             self._pending[header.node_id] = (receipt, vec)
+            self._pending_hashes.add(receipt.gradient_hash)
             if len(self._pending) >= cfg.round_size:
                 self._close_locked()
             return receipt
@@ -330,56 +332,66 @@ class MATLValidator:
         }
         self.round += 1
         self._pending = {}
+        self._pending_hashes = set()
         self._save_state(verdicts)
-        self._append_verdicts(verdicts)
-        self._append_round_entry(closed)
+        self._append_verdicts(verdicts, closed)
         for listener in list(self._listeners):
             for verdict in verdicts:
                 listener(verdict)
         return verdicts
 
-    def _append_verdicts(self, verdicts: list[Verdict]) -> None:
-        for v in verdicts:
-            if self.ledger.find_verdict(v.gradient_hash, node_id=v.node_id, round=v.round):
-                continue
-            self.ledger.append(
-                "verdict",
-                round=v.round,
-                node_id=v.node_id,
-                gradient_hash=v.gradient_hash,
-                score=v.score,
-                verdict=v.verdict,
-                reasons=v.reasons,
-                timestamp=v.timestamp,
-                sign=self.identity.sign,
-                validator_id=self.validator_id,
+    def _append_verdicts(
+        self, verdicts: list[Verdict], closed: int, *, recovering: bool = False
+    ) -> None:
+        """Append the round's verdicts and its round entry in one transaction (one commit for the
+        whole round). ``recovering``: skip entries a crash did not cut off."""
+        items: list[dict[str, Any]] = [
+            {
+                "kind": "verdict",
+                "round": v.round,
+                "node_id": v.node_id,
+                "gradient_hash": v.gradient_hash,
+                "score": v.score,
+                "verdict": v.verdict,
+                "reasons": v.reasons,
+                "timestamp": v.timestamp,
+                "sign": self.identity.sign,
+                "validator_id": self.validator_id,
+            }
+            for v in verdicts
+            if not recovering
+            or not self.ledger.find_verdict(v.gradient_hash, node_id=v.node_id, round=v.round)
+        ]
+        if not recovering or not any(
+            e.kind == "round" and e.round == closed for e in self.ledger.entries()
+        ):
+            acc = self.task.accuracy(self.theta)
+            items.append(
+                {
+                    "kind": "round",
+                    "round": closed,
+                    "gradient_hash": gradient_hash(self.theta.numpy()),
+                    "score": acc,
+                    "reasons": [
+                        {"signal": "accepted", "value": len(self._round_weights.get(closed, {}))}
+                    ],
+                    "timestamp": self.clock(),
+                    "sign": self.identity.sign,
+                    "validator_id": self.validator_id,
+                }
             )
-
-    def _append_round_entry(self, closed: int) -> None:
-        acc = self.task.accuracy(self.theta)
-        self.ledger.append(
-            "round",
-            round=closed,
-            node_id=None,
-            gradient_hash=gradient_hash(self.theta.numpy()),
-            score=acc,
-            verdict=None,
-            reasons=[{"signal": "submissions", "value": len(self._round_weights[closed])}],
-            timestamp=self.clock(),
-            sign=self.identity.sign,
-            validator_id=self.validator_id,
-        )
+        self.ledger.append_batch(items)
 
     # ------------------------------------------------------------------------------- queries
     def verdict(self, gradient_hash_: str) -> Verdict:
         """The signed verdict on a gradient; :class:`NotFoundError` while its round is open."""
+        if gradient_hash_ in self._pending_hashes:  # cheap answer for clients that poll
+            raise NotFoundError(
+                f"gradient {gradient_hash_[:12]}… is in the open round {self.round}; "
+                "its verdict comes when the round closes"
+            )
         entry = self.ledger.find_verdict(gradient_hash_)
         if entry is None:
-            if any(r.gradient_hash == gradient_hash_ for r, _ in self._pending.values()):
-                raise NotFoundError(
-                    f"gradient {gradient_hash_[:12]}… is in the open round {self.round}; "
-                    "its verdict comes when the round closes"
-                )
             raise NotFoundError(f"no verdict for gradient {gradient_hash_}")
         return sign_message(
             Verdict(
@@ -473,14 +485,12 @@ class MATLValidator:
             self.rule.load_state_dict(decode_state(state["rule"]))
             self._round_weights = {int(r): w for r, w in state["round_weights"].items()}
             verdicts = [Verdict.model_validate(v) for v in state["last_verdicts"]]
-            self._append_verdicts(verdicts)  # a crash may have cut these off
-            if verdicts and not any(
-                e.kind == "round" and e.round == self.round - 1 for e in self.ledger.entries()
-            ):
-                self._append_round_entry(self.round - 1)
+            if verdicts:  # a crash may have cut the round's entries off
+                self._append_verdicts(verdicts, self.round - 1, recovering=True)
         for entry, payload in self.ledger.submissions_with_payloads(self.round):
             vec = decode_vector(payload, max_bytes=len(payload) + 1, expected_size=self.task.dim)
             self._pending[entry.node_id] = (self._receipt(entry), vec)
+            self._pending_hashes.add(entry.gradient_hash)
 
 
 def model_payload(validator: MATLValidator) -> tuple[dict[str, Any], bytes]:
