@@ -162,3 +162,24 @@ def test_bench_rounds_table(tmp_path: Path) -> None:
     assert [r.split(",")[0] for r in rows[1:]] == ["fedavg", "matl mode 0", "matl mode 1"]
     assert float(rows[1].split(",")[3]) == 1.0
     assert float(rows[2].split(",")[-1]) > 0  # MATL keeps per-client state
+
+
+def test_matrix_records_precondition_cells_and_reports_them(tmp_path: Path) -> None:
+    spec = tmp_path / "m.toml"
+    spec.write_text(
+        "[fixed]\n"
+        'dataset = "synthetic"\n'
+        "dataset_options = { samples = 300, test_samples = 100, dim = 6, classes = 3 }\n"
+        'model = "logreg"\nclients = 6\nrounds = 2\nlocal_steps = 2\n'
+        'attack = "sign_flip"\nbyzantine_fraction = 0.34\n'
+        "[axes]\n"
+        'defense = ["bulyan", "median"]\n'
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["matrix", str(spec), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 runs in" in result.output  # the precondition cell did not stop the matrix
+    statuses = {json.loads(line)["status"] for line in (out / "results.jsonl").open()}
+    assert statuses == {"ok", "precondition"}
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output

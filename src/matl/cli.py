@@ -201,7 +201,8 @@ def matrix(
             def finished(cell: Any, metrics: dict[str, Any]) -> None:
                 acc = metrics.get("final_accuracy")
                 cfg = cell.config
-                status = f"{cfg['attack']} {cfg['byzantine_fraction']} {cfg['defense']} → {acc:.3f}"
+                result = f"{acc:.3f}" if isinstance(acc, float) else "not run (precondition)"
+                status = f"{cfg['attack']} {cfg['byzantine_fraction']} {cfg['defense']} → {result}"
                 progress.update(task, advance=1, status=status)
 
             store = run_matrix(parsed, out, workers=workers, on_start=started, on_done=finished)

@@ -330,7 +330,12 @@ def run_matrix(
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
         futures = {pool.submit(run_cell, c.config, spec.target_accuracy, threads): c for c in todo}
-        for fut in cf.as_completed(futures):
-            finish(futures[fut], fut.result())
+        try:
+            for fut in cf.as_completed(futures):
+                finish(futures[fut], fut.result())
+        except BaseException:
+            # Do not let the workers grind through every remaining cell before the error shows.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     store.write_parquet()
     return store
