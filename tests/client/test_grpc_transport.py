@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,9 @@ from matl.errors import (
     UnknownNodeError,
     WrongRoundError,
 )
-from matl.ledger import open_ledger
 from matl.protocol import Submission, Verdict
-from matl.server.grpc import GRPCServerHandle, max_message_size, start_grpc_server
-from matl.server.service import ValidatorService
-from matl.validator import MATLValidator, ValidatorConfig
+from matl.server.grpc import GRPCServerHandle, max_message_size
+from matl.validator import MATLValidator
 
 DIM = 50
 MAX_PAYLOAD = 1024
@@ -46,20 +43,10 @@ MAX_METADATA = 256
 TIMEOUT = 10.0
 
 
-@pytest.fixture
-def validator(tmp_path: Path) -> Iterator[MATLValidator]:
-    cfg = ValidatorConfig(
-        dim=DIM, round_size=3, max_payload_bytes=MAX_PAYLOAD, max_metadata_bytes=MAX_METADATA
-    )
-    ledger = open_ledger(tmp_path / "ledger.db")
-    yield MATLValidator(cfg, ledger, Identity.generate())
-    ledger.close()
-
-
-@pytest.fixture
-def server(validator: MATLValidator) -> Iterator[GRPCServerHandle]:
-    with start_grpc_server(ValidatorService(validator)) as handle:
-        yield handle
+# validator (a real MATLValidator) and server (it served over gRPC): tests/conftest.py
+pytestmark = pytest.mark.served(
+    "grpc", dim=DIM, max_payload_bytes=MAX_PAYLOAD, max_metadata_bytes=MAX_METADATA
+)
 
 
 @pytest.fixture
@@ -70,12 +57,6 @@ def transport(server: GRPCServerHandle) -> Iterator[GRPCTransport]:
 
 def _vector(seed: int, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=dim).astype(np.float32)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------- full rounds
@@ -244,8 +225,8 @@ def test_ill_typed_bodies_are_malformed(transport: GRPCTransport) -> None:
 # ---------------------------------------------------------------------- unreachable and slow
 
 
-def test_unreachable_server_is_a_transport_error() -> None:
-    target = f"127.0.0.1:{_free_port()}"
+def test_unreachable_server_is_a_transport_error(free_port: Callable[[], int]) -> None:
+    target = f"127.0.0.1:{free_port()}"
     with GRPCTransport(target) as transport:
         with pytest.raises(TransportError):
             transport.request("info", {}, timeout=2.0)

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -25,40 +24,14 @@ from matl.errors import (
     UnknownNodeError,
     WrongRoundError,
 )
-from matl.ledger import open_ledger, verify_ledger
+from matl.ledger import verify_ledger
 from matl.protocol import Receipt, Submission
-from matl.server.http import start_http_server
-from matl.server.service import ValidatorService
-from matl.validator import MATLValidator, ValidatorConfig
+from matl.server.http import HTTPServerThread
+from matl.validator import MATLValidator
 
 DIM = 50
-Served = tuple[MATLValidator, str]
-
-
-@contextlib.contextmanager
-def _served(ledger_path: Path) -> Iterator[Served]:
-    cfg = ValidatorConfig(dim=DIM, round_size=3, max_payload_bytes=1024)
-    ledger = open_ledger(ledger_path)
-    validator = MATLValidator(cfg, ledger, Identity.generate())
-    try:
-        with start_http_server(ValidatorService(validator)) as server:
-            yield validator, server.url
-    finally:
-        ledger.close()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Served]:
-    """A validator of its own, for tests that change its state."""
-    with _served(tmp_path / "ledger.db") as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One validator for the tests that store no submission."""
-    with _served(tmp_path_factory.mktemp("http-client") / "ledger.db") as served:
-        yield served
+pytestmark = pytest.mark.served("http", dim=DIM)  # fresh / shared: tests/conftest.py
+Served = tuple[MATLValidator, HTTPServerThread]
 
 
 def _vector(seed: int, dim: int = DIM) -> np.ndarray:
@@ -74,8 +47,8 @@ def test_transports_implement_the_protocols() -> None:
 
 
 def test_full_round_with_blocking_clients(fresh: Served) -> None:
-    validator, url = fresh
-    clients = [MATLClient(HTTPTransport(url), retries=0) for _ in range(3)]
+    validator, server = fresh
+    clients = [MATLClient(HTTPTransport(server.url), retries=0) for _ in range(3)]
     done: dict[int, Receipt] = {}
 
     def run(i: int) -> None:
@@ -106,10 +79,10 @@ def test_full_round_with_blocking_clients(fresh: Served) -> None:
 
 
 def test_full_round_with_async_clients(fresh: Served) -> None:
-    validator, url = fresh
+    validator, server = fresh
 
     async def main() -> None:
-        clients = [AsyncMATLClient(AsyncHTTPTransport(url), retries=0) for _ in range(3)]
+        clients = [AsyncMATLClient(AsyncHTTPTransport(server.url), retries=0) for _ in range(3)]
         receipts = await asyncio.gather(
             *(c.submit_gradient(_vector(i)) for i, c in enumerate(clients))
         )
@@ -131,8 +104,8 @@ def test_full_round_with_async_clients(fresh: Served) -> None:
 
 
 def test_close_round_replay_and_wrong_round(fresh: Served) -> None:
-    validator, url = fresh
-    with MATLClient(HTTPTransport(url), retries=0) as client:
+    validator, server = fresh
+    with MATLClient(HTTPTransport(server.url), retries=0) as client:
         receipt = client.submit_gradient(_vector(0))
         with pytest.raises(NotFoundError):
             client.verify_gradient(receipt.gradient_hash)
@@ -147,9 +120,9 @@ def test_close_round_replay_and_wrong_round(fresh: Served) -> None:
 
 
 def test_service_errors_are_raised_by_class(shared: Served) -> None:
-    _, url = shared
+    _, server = shared
     node = Identity.generate()
-    transport = HTTPTransport(url)
+    transport = HTTPTransport(server.url)
     with MATLClient(transport, node, retries=0) as client:
         client.register()
         bad = _vector(0)
@@ -167,15 +140,8 @@ def test_service_errors_are_raised_by_class(shared: Served) -> None:
         assert client.round().submissions == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def test_unreachable_server_is_a_transport_error() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+def test_unreachable_server_is_a_transport_error(free_port: Callable[[], int]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
     with HTTPTransport(url) as transport, pytest.raises(TransportError, match="failed"):
         transport.request("info", {}, timeout=2)
 
@@ -212,27 +178,25 @@ def _silent_server(reply: bytes | None = None) -> Iterator[str]:
         thread.join(5)
 
 
-def test_timeout_is_a_transport_error() -> None:
-    with (
-        _silent_server() as url,
-        HTTPTransport(url) as transport,
-        pytest.raises(TransportError, match="timed out"),
-    ):
-        transport.request("round", {}, timeout=0.2)
+_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad"
+_TEAPOT = b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
 
 
-def test_foreign_5xx_is_a_transport_error_and_4xx_a_service_error() -> None:
-    gateway = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad"
+@pytest.mark.parametrize(
+    ("reply", "timeout", "error", "match"),
+    [
+        (None, 0.2, TransportError, "timed out"),  # never answers
+        (_GATEWAY, 5, TransportError, "502"),  # a foreign 5xx is a transport error
+        (_TEAPOT, 5, ServiceError, "418"),  # and a foreign 4xx a service error
+    ],
+    ids=["timeout", "foreign 5xx", "foreign 4xx"],
+)
+def test_silent_or_foreign_server(
+    reply: bytes | None, timeout: float, error: type[Exception], match: str
+) -> None:
     with (
-        _silent_server(gateway) as url,
+        _silent_server(reply) as url,
         HTTPTransport(url) as transport,
-        pytest.raises(TransportError, match="502"),
+        pytest.raises(error, match=match),
     ):
-        transport.request("round", {}, timeout=5)
-    teapot = b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
-    with (
-        _silent_server(teapot) as url,
-        HTTPTransport(url) as transport,
-        pytest.raises(ServiceError, match="418"),
-    ):
-        transport.request("round", {}, timeout=5)
+        transport.request("round", {}, timeout=timeout)

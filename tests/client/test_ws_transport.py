@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import itertools
 import socket
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from matl.client import AsyncMATLClient, AsyncTransport, MATLClient, Transport
 from matl.client.ws import AsyncWSTransport, WSTransport
-from matl.crypto import Identity
 from matl.errors import (
     InvalidUpdateError,
     NotFoundError,
@@ -23,40 +21,13 @@ from matl.errors import (
     ServiceError,
     TransportError,
 )
-from matl.ledger import open_ledger
 from matl.protocol import Verdict
-from matl.server.service import ValidatorService
-from matl.server.ws import WSServerThread, max_message_size, start_ws_server
-from matl.validator import MATLValidator, ValidatorConfig
+from matl.server.ws import WSServerThread, max_message_size
+from matl.validator import MATLValidator
 
 DIM = 50
+pytestmark = pytest.mark.served("ws", dim=DIM)  # fresh / shared: tests/conftest.py
 Served = tuple[MATLValidator, WSServerThread]
-
-
-@contextlib.contextmanager
-def _served(ledger_path: Path) -> Iterator[Served]:
-    cfg = ValidatorConfig(dim=DIM, round_size=3, max_payload_bytes=1024)
-    ledger = open_ledger(ledger_path)
-    validator = MATLValidator(cfg, ledger, Identity.generate())
-    try:
-        with start_ws_server(ValidatorService(validator)) as server:
-            yield validator, server
-    finally:
-        ledger.close()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Served]:
-    """A validator of its own, for tests that change its state."""
-    with _served(tmp_path / "ledger.db") as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One validator for the tests that store no submission."""
-    with _served(tmp_path_factory.mktemp("ws-client") / "ledger.db") as served:
-        yield served
 
 
 def _vector(seed: int, dim: int = DIM) -> np.ndarray:
@@ -187,15 +158,8 @@ def test_replay_over_ws(fresh: Served) -> None:
             client.submit_gradient(_vector(1))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def test_unreachable_server_is_a_transport_error() -> None:
-    url = f"ws://127.0.0.1:{_free_port()}"
+def test_unreachable_server_is_a_transport_error(free_port: Callable[[], int]) -> None:
+    url = f"ws://127.0.0.1:{free_port()}"
     with WSTransport(url) as transport, pytest.raises(TransportError, match="cannot connect"):
         transport.request("info", {}, timeout=2)
 
@@ -231,9 +195,10 @@ def test_handshake_timeout_is_a_transport_error() -> None:
     asyncio.run(main())
 
 
-def test_server_shutdown_fails_pending_work_and_ends_streams(tmp_path: Path) -> None:
-    async def main(served: Served) -> None:
-        _, server = served
+def test_server_shutdown_fails_pending_work_and_ends_streams(fresh: Served) -> None:
+    _, server = fresh
+
+    async def main() -> None:
         transport = AsyncWSTransport(server.url)
         stream = await transport.subscribe_verdicts()
         await asyncio.to_thread(server.stop)
@@ -242,5 +207,4 @@ def test_server_shutdown_fails_pending_work_and_ends_streams(tmp_path: Path) -> 
             await transport.request("round", {}, timeout=1)
         await transport.aclose()
 
-    with _served(tmp_path / "ledger.db") as served:
-        asyncio.run(main(served))
+    asyncio.run(main())

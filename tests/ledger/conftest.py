@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -46,6 +45,14 @@ def nodes() -> list[Identity]:
 
 
 # ------------------------------------------------------------------------------- the chain
+
+
+@pytest.fixture(scope="session")
+def awkward_floats() -> list[float]:
+    """Floats whose decimal forms are long, tiny, negative-zero or huge: all must hash identically
+    after a trip through the database."""
+    return [0.1 + 0.2, 1 / 3, 5e-324, 1e-300, -0.0, 1e16, 2.0**53 + 2, 1.7976931348623157e308]
+
 
 Fill = Callable[..., list[LedgerEntry]]
 
@@ -200,12 +207,6 @@ def sqlite_url(tmp_path: Path) -> str:
 # ------------------------------------------------------------------------------- PostgreSQL
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so the PostgreSQL tests must run)")
@@ -213,7 +214,7 @@ def _unavailable(reason: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(free_port: Callable[[], int]) -> Iterator[str]:
     """URL of a throwaway PostgreSQL cluster on 127.0.0.1, stopped and deleted after the session.
 
     ``MATL_TEST_POSTGRES_URL`` (set by ``.ci/run``, which starts the server) is used instead when
@@ -247,7 +248,7 @@ def postgres_url() -> Iterator[str]:
     base = Path(tempfile.mkdtemp(prefix="matl-pg-"))
     os.chown(base, owner.pw_uid, owner.pw_gid)
     data = base / "data"
-    port = _free_port()
+    port = free_port()
 
     def run(*args: str) -> None:
         proc = subprocess.run(
@@ -296,3 +297,9 @@ def pg_url(postgres_url: str) -> str:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     engine.dispose()
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """A fresh ledger location on each backend in turn: ``sqlite_url``, then ``pg_url``."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))

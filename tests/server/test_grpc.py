@@ -26,11 +26,10 @@ from matl._proto import load
 from matl._proto.codec import ERROR_CODE_KEY, SUBSCRIBED_KEY, from_message
 from matl.crypto import Identity
 from matl.errors import ConfigError
-from matl.ledger import open_ledger
 from matl.protocol import NodeReputation, Receipt, RoundInfo, Submission, TrustedGradient, Verdict
 from matl.server.grpc import GRPCServerHandle, max_message_size, serve_grpc, start_grpc_server
 from matl.server.service import Reply, ValidatorService
-from matl.validator import MATLValidator, ValidatorConfig
+from matl.validator import MATLValidator
 from matl.wire import decode_vector, gradient_hash
 
 DIM = 50
@@ -42,20 +41,10 @@ pb2 = load().pb2
 pb2_grpc = load().pb2_grpc
 
 
-@pytest.fixture
-def validator(tmp_path: Path) -> Iterator[MATLValidator]:
-    cfg = ValidatorConfig(
-        dim=DIM, round_size=3, max_payload_bytes=MAX_PAYLOAD, max_metadata_bytes=MAX_METADATA
-    )
-    ledger = open_ledger(tmp_path / "ledger.db")
-    yield MATLValidator(cfg, ledger, Identity.generate())
-    ledger.close()
-
-
-@pytest.fixture
-def server(validator: MATLValidator) -> Iterator[GRPCServerHandle]:
-    with start_grpc_server(ValidatorService(validator)) as handle:
-        yield handle
+# validator (a real MATLValidator) and server (it served over gRPC): tests/conftest.py
+pytestmark = pytest.mark.served(
+    "grpc", dim=DIM, max_payload_bytes=MAX_PAYLOAD, max_metadata_bytes=MAX_METADATA
+)
 
 
 @pytest.fixture

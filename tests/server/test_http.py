@@ -11,7 +11,6 @@ import contextlib
 import math
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +18,10 @@ import numpy as np
 import pytest
 
 from matl.crypto import Identity, canonical_json
-from matl.ledger import open_ledger, verify_ledger
+from matl.ledger import verify_ledger
 from matl.protocol import NodeReputation, Receipt, RoundInfo, Submission, TrustedGradient, Verdict
-from matl.server.http import decode_header, encode_header, start_http_server
-from matl.server.service import ValidatorService
-from matl.validator import MATLValidator, ValidatorConfig
+from matl.server.http import HTTPServerThread, decode_header, encode_header
+from matl.validator import MATLValidator
 from matl.wire import decode_vector
 
 DIM = 50
@@ -32,37 +30,31 @@ MAX_METADATA = 256
 SUBMIT = "/v1/rounds/current/submissions"
 
 
+pytestmark = pytest.mark.served(  # fresh / shared: tests/conftest.py
+    "http", dim=DIM, max_payload_bytes=MAX_PAYLOAD, max_metadata_bytes=MAX_METADATA
+)
+
 Served = tuple[MATLValidator, httpx.Client]
 
 
 @contextlib.contextmanager
-def _served(ledger_path: Path) -> Iterator[Served]:
-    cfg = ValidatorConfig(
-        dim=DIM, round_size=3, max_payload_bytes=MAX_PAYLOAD, max_metadata_bytes=MAX_METADATA
-    )
-    ledger = open_ledger(ledger_path)
-    validator = MATLValidator(cfg, ledger, Identity.generate())
-    try:
-        with (
-            start_http_server(ValidatorService(validator)) as server,
-            httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client,
-        ):
-            yield validator, client
-    finally:
-        ledger.close()
+def _with_client(served: tuple[MATLValidator, HTTPServerThread]) -> Iterator[Served]:
+    validator, server = served
+    with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+        yield validator, client
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Served]:
-    """A validator of its own, for tests that change its state."""
-    with _served(tmp_path / "ledger.db") as served:
+def fresh(fresh: tuple[MATLValidator, HTTPServerThread]) -> Iterator[Served]:
+    """A validator of its own and a client of its server, for tests that change its state."""
+    with _with_client(fresh) as served:
         yield served
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One validator for the tests that must not change its state (refused requests)."""
-    with _served(tmp_path_factory.mktemp("http") / "ledger.db") as served:
+def shared(shared: tuple[MATLValidator, HTTPServerThread]) -> Iterator[Served]:
+    """One validator and client for the tests that must not change its state (refused requests)."""
+    with _with_client(shared) as served:
         yield served
 
 
@@ -90,6 +82,15 @@ def _post(
         "Content-Type": "application/octet-stream",
     }
     return http.post(SUBMIT, content=sub.payload if payload is None else payload, headers=headers)
+
+
+def _submitted(http: httpx.Client, seed: int) -> tuple[Identity, Submission]:
+    """A new node, registered, and its accepted submission to round 0."""
+    node = Identity.generate()
+    _register(http, node)
+    sub = Submission.create(node, _vector(seed), round=0)
+    assert _post(http, sub).status_code == 201
+    return node, sub
 
 
 def _error(r: httpx.Response) -> tuple[int, str]:
@@ -157,10 +158,7 @@ def test_model_is_safetensors_with_json_headers(shared: Served) -> None:
 
 def test_close_round_and_verdict_pending(fresh: Served) -> None:
     _, http = fresh
-    node = Identity.generate()
-    _register(http, node)
-    sub = Submission.create(node, _vector(7), round=0)
-    assert _post(http, sub).status_code == 201
+    _, sub = _submitted(http, 7)
     pending = http.get(f"/v1/verdicts/{sub.header.gradient_hash}")
     assert _error(pending) == (404, "not_found")
     assert _error(http.get("/v1/rounds/0/trusted")) == (404, "not_found")
@@ -258,10 +256,7 @@ def test_refused_submission_stores_nothing(case: str, shared: Served) -> None:
 
 def test_replay_is_refused_and_stored_once(fresh: Served) -> None:
     validator, http = fresh
-    node = Identity.generate()
-    _register(http, node)
-    sub = Submission.create(node, _vector(1), round=0)
-    assert _post(http, sub).status_code == 201
+    node, sub = _submitted(http, 1)
     after_first = len(list(validator.ledger.entries()))
     assert _error(_post(http, sub)) == (409, "replay")  # the very same request again
     other = Submission.create(node, _vector(2), round=0)  # another gradient, same round

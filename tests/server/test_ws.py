@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,42 +11,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from matl.crypto import Identity
-from matl.ledger import open_ledger
 from matl.protocol import Receipt, Submission, Verdict
-from matl.server.service import ValidatorService
-from matl.server.ws import max_message_size, start_ws_server
-from matl.validator import MATLValidator, ValidatorConfig
+from matl.server.ws import WSServerThread, max_message_size
+from matl.validator import MATLValidator
 from matl.wire import decode_vector
 
 DIM = 50
 MAX_PAYLOAD = 1024
-Served = tuple[MATLValidator, str]
-
-
-@contextlib.contextmanager
-def _served(ledger_path: Path) -> Iterator[Served]:
-    cfg = ValidatorConfig(dim=DIM, round_size=3, max_payload_bytes=MAX_PAYLOAD)
-    ledger = open_ledger(ledger_path)
-    validator = MATLValidator(cfg, ledger, Identity.generate())
-    try:
-        with start_ws_server(ValidatorService(validator)) as server:
-            yield validator, server.url
-    finally:
-        ledger.close()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Served]:
-    """A validator of its own, for tests that change its state."""
-    with _served(tmp_path / "ledger.db") as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One validator for the tests that store nothing."""
-    with _served(tmp_path_factory.mktemp("ws") / "ledger.db") as served:
-        yield served
+pytestmark = pytest.mark.served("ws", dim=DIM, max_payload_bytes=MAX_PAYLOAD)  # tests/conftest.py
+Served = tuple[MATLValidator, WSServerThread]
 
 
 def _connect(url: str) -> ClientConnection:
@@ -94,8 +64,8 @@ def _vector(seed: int) -> np.ndarray:
 
 
 def test_many_requests_share_one_connection(shared: Served) -> None:
-    validator, url = shared
-    with _connect(url) as conn:
+    validator, server = shared
+    with _connect(server.url) as conn:
         for rid in range(1, 6):  # pipelined: all sent before any reply is read
             _send(conn, rid, "info" if rid % 2 else "round", {})
         replies = [_recv(conn)[0] for _ in range(5)]
@@ -111,9 +81,9 @@ def test_many_requests_share_one_connection(shared: Served) -> None:
 
 
 def test_submission_rides_in_a_binary_frame(fresh: Served) -> None:
-    validator, url = fresh
+    validator, server = fresh
     node = Identity.generate()
-    with _connect(url) as conn:
+    with _connect(server.url) as conn:
         reply, _ = _call(conn, 1, "register", {"public_key": node.public_key.hex()})
         assert reply == {"id": 1, "ok": True, "body": {"node_id": node.node_id}, "payload": False}
         sub = Submission.create(node, _vector(0), round=0)
@@ -130,11 +100,11 @@ def test_submission_rides_in_a_binary_frame(fresh: Served) -> None:
     [("nan", "invalid_update"), ("unregistered", "unknown_node"), ("big", "payload_too_large")],
 )
 def test_service_errors_come_back_by_id(shared: Served, case: str, code: str) -> None:
-    validator, url = shared
+    validator, server = shared
     vec = np.random.default_rng(1).normal(size=600 if case == "big" else DIM).astype(np.float32)
     vec[0] = np.nan if case == "nan" else vec[0]
     node = Identity.generate()
-    with _connect(url) as conn:
+    with _connect(server.url) as conn:
         if case != "unregistered":
             _call(conn, 1, "register", {"public_key": node.public_key.hex()})
         sub = Submission.create(node, vec, round=0)
@@ -145,8 +115,8 @@ def test_service_errors_come_back_by_id(shared: Served, case: str, code: str) ->
 
 
 def test_bad_frames_get_errors_and_the_connection_survives(shared: Served) -> None:
-    _, url = shared
-    with _connect(url) as conn:
+    _, server = shared
+    with _connect(server.url) as conn:
         conn.send("{not json")
         assert _recv(conn)[0]["error"]["code"] == "malformed_payload"
         conn.send(b"\x00\x01")  # a binary frame no request announced
@@ -169,9 +139,9 @@ def test_bad_frames_get_errors_and_the_connection_survives(shared: Served) -> No
 
 
 def test_oversized_frame_closes_the_connection(shared: Served) -> None:
-    validator, url = shared
+    validator, server = shared
     limit = max_message_size(validator.info())
-    with _connect(url) as conn:
+    with _connect(server.url) as conn:
         _send(conn, 2, "submit", {}, b"\0" * (limit + 1))
         with pytest.raises(ConnectionClosed) as closed:
             conn.recv(timeout=10)
@@ -179,9 +149,13 @@ def test_oversized_frame_closes_the_connection(shared: Served) -> None:
 
 
 def test_subscribers_get_every_verdict_pushed(fresh: Served) -> None:
-    validator, url = fresh
+    validator, server = fresh
     nodes = [Identity.generate() for _ in range(3)]
-    with _connect(url) as watcher, _connect(url) as other_watcher, _connect(url) as conn:
+    with (
+        _connect(server.url) as watcher,
+        _connect(server.url) as other_watcher,
+        _connect(server.url) as conn,
+    ):
         assert _call(watcher, 1, "subscribe", {})[0]["body"] == {"subscribed": True}
         assert _call(other_watcher, 1, "subscribe", {})[0]["ok"]
         assert _call(other_watcher, 2, "unsubscribe", {})[0]["body"] == {"subscribed": False}

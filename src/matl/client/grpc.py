@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from matl._closing import AsyncClosing, Closing
 from matl._proto import load
 from matl._proto.codec import (
     SUBSCRIBED_KEY,
@@ -90,14 +91,64 @@ def rpc_error(exc: Exception) -> MATLError:
     return error_for(status, error_code_from_metadata(trailing), details)
 
 
-def _stream_request(pb2: Any, round: int | None, node_id: str | None) -> Any:
-    body: dict[str, Any] = {"round": round, "node_id": node_id}
-    return _encode(
-        pb2, Rpc("watch", "WatchVerdicts", "WatchVerdictsRequest", "Verdict"), body, None
-    )
+def _response(rpc: Rpc, reply: Any) -> Response:
+    return Response(*_decode(reply, rpc.method))
 
 
-class VerdictStream:
+_WATCH = Rpc("watch", "WatchVerdicts", "WatchVerdictsRequest", "Verdict")
+_UNCONFIRMED = "WatchVerdicts: the validator did not confirm the subscription"
+
+
+def _subscribed(metadata: Any) -> bool:
+    """Whether a ``WatchVerdicts`` call's initial metadata says the subscription is live."""
+    return SUBSCRIBED_KEY in {key for key, _ in metadata or ()}
+
+
+class _GRPCTransportBase:
+    """What :class:`GRPCTransport` and :class:`AsyncGRPCTransport` share (no IO): their settings
+    (see :class:`GRPCTransport`), requests to messages and replies to responses."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: Any = None,
+        max_message_bytes: int | None = None,
+        options: Sequence[ChannelOption] = (),
+    ) -> None:
+        self.target = _target(target)
+        stubs = load()
+        self._pb2 = stubs.pb2
+        self._pb2_grpc = stubs.pb2_grpc
+        self._credentials = credentials
+        self._options = _options(max_message_bytes, options)
+        self._channel, self._stub = self._initial_channel()
+
+    def _initial_channel(self) -> tuple[Any, Any]:
+        """The channel and stub to start with: none (opened on first use) unless overridden."""
+        return None, None
+
+    def _open(self, channels: Any) -> tuple[Any, Any]:
+        """A channel made by ``channels`` (``grpc`` or ``grpc.aio``) and its stub."""
+        if self._credentials is None:
+            channel = channels.insecure_channel(self.target, options=self._options)
+        else:
+            channel = channels.secure_channel(self.target, self._credentials, options=self._options)
+        return channel, self._pb2_grpc.ValidatorStub(channel)
+
+    def _message(self, op: str, body: dict[str, Any], payload: bytes | None) -> tuple[Rpc, Any]:
+        """The RPC that carries ``op`` and its request message."""
+        rpc = rpc_for_op(op)
+        return rpc, _encode(self._pb2, rpc, body, payload)
+
+    def _watch_request(self, round: int | None, node_id: str | None) -> Any:
+        return _encode(self._pb2, _WATCH, {"round": round, "node_id": node_id}, None)
+
+    def _no_answer(self, ready_timeout: float) -> TransportError:
+        return TransportError(f"WatchVerdicts: no answer from {self.target} in {ready_timeout} s")
+
+
+class VerdictStream(Closing):
     """The verdicts a validator pushes, as JSON bodies (:class:`~matl.protocol.Verdict` shape).
 
     Iterate it; :meth:`close` (or leaving ``with``) ends the subscription and the iteration.
@@ -129,14 +180,8 @@ class VerdictStream:
         self._closed = True
         self._call.cancel()
 
-    def __enter__(self) -> VerdictStream:
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-class GRPCTransport:
+class GRPCTransport(_GRPCTransportBase, Closing):
     """A blocking transport over one gRPC channel (plaintext unless ``credentials`` is given).
 
     Parameters
@@ -151,39 +196,21 @@ class GRPCTransport:
         Extra gRPC channel options.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        credentials: Any = None,
-        max_message_bytes: int | None = None,
-        options: Sequence[ChannelOption] = (),
-    ) -> None:
-        self.target = _target(target)
-        stubs = load()
-        self._pb2 = stubs.pb2
-        opts = _options(max_message_bytes, options)
-        self._channel = (
-            grpc.insecure_channel(self.target, options=opts)
-            if credentials is None
-            else grpc.secure_channel(self.target, credentials, options=opts)
-        )
-        self._stub = stubs.pb2_grpc.ValidatorStub(self._channel)
+    def _initial_channel(self) -> tuple[Any, Any]:
+        return self._open(grpc)  # no IO yet: gRPC connects on the first call
 
     def request(
         self, op: str, body: dict[str, Any], payload: bytes | None = None, *, timeout: float
     ) -> Response:
         """Run ``op`` as its RPC with a ``timeout``-second deadline."""
-        rpc = rpc_for_op(op)
-        message = _encode(self._pb2, rpc, body, payload)
+        rpc, message = self._message(op, body, payload)
         try:
             reply = getattr(self._stub, rpc.method)(message, timeout=timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
         except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
             raise TransportError(f"gRPC {rpc.method}: {exc}") from None
-        reply_body, reply_payload = _decode(reply, rpc.method)
-        return Response(reply_body, reply_payload)
+        return _response(rpc, reply)
 
     def watch_verdicts(
         self,
@@ -199,9 +226,8 @@ class GRPCTransport:
         :class:`~matl.errors.TransportError`): every verdict signed afterwards arrives.
         ``timeout`` bounds the whole subscription (none by default).
         """
-        request = _stream_request(self._pb2, round, node_id)
         try:
-            call = self._stub.WatchVerdicts(request, timeout=timeout)
+            call = self._stub.WatchVerdicts(self._watch_request(round, node_id), timeout=timeout)
         except ValueError as exc:
             raise TransportError(f"gRPC WatchVerdicts: {exc}") from None
         stream = VerdictStream(call)
@@ -215,10 +241,8 @@ class GRPCTransport:
         waiter.join(ready_timeout)
         if waiter.is_alive():
             stream.close()  # unblocks the waiter
-            raise TransportError(
-                f"WatchVerdicts: no answer from {self.target} in {ready_timeout} s"
-            )
-        if SUBSCRIBED_KEY not in {key for key, _ in metadata}:
+            raise self._no_answer(ready_timeout)
+        if not _subscribed(metadata):
             # the call failed before the server subscribed it
             try:
                 next(call)
@@ -227,21 +251,15 @@ class GRPCTransport:
             except StopIteration:
                 pass
             stream.close()
-            raise ServiceError("WatchVerdicts: the validator did not confirm the subscription")
+            raise ServiceError(_UNCONFIRMED)
         return stream
 
     def close(self) -> None:
         """Close the channel (cancels open calls and streams)."""
         self._channel.close()
 
-    def __enter__(self) -> GRPCTransport:
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-class AsyncVerdictStream:
+class AsyncVerdictStream(AsyncClosing):
     """The verdicts a validator pushes, as JSON bodies; ``async for`` over it.
 
     Made by :meth:`AsyncGRPCTransport.watch_verdicts`; :meth:`aclose` (or ``async with``) ends it.
@@ -277,73 +295,31 @@ class AsyncVerdictStream:
         self._closed = True
         self._call.cancel()
 
-    async def __aenter__(self) -> AsyncVerdictStream:
-        return self
 
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
-
-
-class AsyncGRPCTransport:
+class AsyncGRPCTransport(_GRPCTransportBase, AsyncClosing):
     """An asyncio transport over one ``grpc.aio`` channel, opened on first use (in the loop that
-    uses it).
+    uses it); its parameters are those of :class:`GRPCTransport`."""
 
-    Parameters
-    ----------
-    target:
-        ``host:port`` or ``grpc://host:port``.
-    credentials:
-        ``grpc.ssl_channel_credentials(...)`` for TLS; plaintext when omitted.
-    max_message_bytes:
-        Largest reply accepted (the global model); unlimited by default.
-    options:
-        Extra gRPC channel options.
-    """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        credentials: Any = None,
-        max_message_bytes: int | None = None,
-        options: Sequence[ChannelOption] = (),
-    ) -> None:
-        self.target = _target(target)
-        stubs = load()
-        self._pb2 = stubs.pb2
-        self._pb2_grpc = stubs.pb2_grpc
-        self._credentials = credentials
-        self._options = _options(max_message_bytes, options)
-        self._channel: Any = None
-        self._stub: Any = None
-        self._closed = False
+    _closed = False
 
     def _ensure_stub(self) -> Any:
         if self._closed:
             raise TransportError("the gRPC transport is closed")
         if self._stub is None:
-            if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
-            else:
-                self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=self._options
-                )
-            self._stub = self._pb2_grpc.ValidatorStub(self._channel)
+            self._channel, self._stub = self._open(grpc.aio)
         return self._stub
 
     async def request(
         self, op: str, body: dict[str, Any], payload: bytes | None = None, *, timeout: float
     ) -> Response:
         """Run ``op`` as its RPC with a ``timeout``-second deadline."""
-        rpc = rpc_for_op(op)
-        message = _encode(self._pb2, rpc, body, payload)
+        rpc, message = self._message(op, body, payload)
         stub = self._ensure_stub()
         try:
             reply = await getattr(stub, rpc.method)(message, timeout=timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
-        reply_body, reply_payload = _decode(reply, rpc.method)
-        return Response(reply_body, reply_payload)
+        return _response(rpc, reply)
 
     async def watch_verdicts(
         self,
@@ -353,31 +329,24 @@ class AsyncGRPCTransport:
         timeout: float | None = None,
         ready_timeout: float = 30.0,
     ) -> AsyncVerdictStream:
-        """Subscribe to verdicts (optionally one round's or one node's only).
-
-        Returns once the subscription is live (at most ``ready_timeout`` seconds, else
-        :class:`~matl.errors.TransportError`): every verdict signed afterwards arrives.
-        ``timeout`` bounds the whole subscription (none by default).
-        """
-        request = _stream_request(self._pb2, round, node_id)
+        """Subscribe to verdicts; see :meth:`GRPCTransport.watch_verdicts`."""
+        request = self._watch_request(round, node_id)
         call = self._ensure_stub().WatchVerdicts(request, timeout=timeout)
         stream = AsyncVerdictStream(call)
         try:
             metadata = await asyncio.wait_for(call.initial_metadata(), ready_timeout)
         except asyncio.TimeoutError:
             await stream.aclose()
-            raise TransportError(
-                f"WatchVerdicts: no answer from {self.target} in {ready_timeout} s"
-            ) from None
+            raise self._no_answer(ready_timeout) from None
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
-        if SUBSCRIBED_KEY not in {key for key, _ in metadata or ()}:
+        if not _subscribed(metadata):
             try:
                 await call.read()
             except grpc.RpcError as exc:
                 raise rpc_error(exc) from None
             await stream.aclose()
-            raise ServiceError("WatchVerdicts: the validator did not confirm the subscription")
+            raise ServiceError(_UNCONFIRMED)
         return stream
 
     async def aclose(self) -> None:
@@ -386,9 +355,3 @@ class AsyncGRPCTransport:
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
-
-    async def __aenter__(self) -> AsyncGRPCTransport:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from matl._closing import AsyncClosing, Closing
 from matl.client.transport import Response
 from matl.crypto import canonical_json
 from matl.errors import MATLError, ServiceError, TransportError, error_from_code
@@ -132,11 +133,36 @@ def _transport_error(op: str, base_url: str, exc: httpx.HTTPError) -> TransportE
     return TransportError(f"{op!r} to {base_url} failed: {type(exc).__name__}: {exc}")
 
 
-def _default_headers(headers: dict[str, str] | None) -> dict[str, str]:
-    return {"User-Agent": _USER_AGENT, **(headers or {})}
+def _client_options(base_url: str, headers: dict[str, str] | None) -> dict[str, Any]:
+    """Keyword arguments of the ``httpx`` client of a transport."""
+    return {
+        "base_url": base_url,
+        "headers": {"User-Agent": _USER_AGENT, **(headers or {})},
+        "trust_env": False,
+    }
 
 
-class HTTPTransport:
+def _build_request(
+    client: httpx.Client | httpx.AsyncClient,
+    op: str,
+    body: dict[str, Any],
+    payload: bytes | None,
+    timeout: float,
+) -> httpx.Request:
+    """The request that carries out ``op`` on ``client`` (no IO: the caller sends it)."""
+    call = _call_for(op, body, payload)
+    return client.build_request(
+        call.method,
+        call.path,
+        params=call.params,
+        json=call.json,
+        content=call.content,
+        headers=call.headers,
+        timeout=timeout,
+    )
+
+
+class HTTPTransport(Closing):
     """Synchronous transport over the validator's REST API.
 
     Parameters
@@ -155,25 +181,15 @@ class HTTPTransport:
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url, headers=_default_headers(headers), trust_env=False
-        )
+        self._client = httpx.Client(**_client_options(self.base_url, headers))
 
     def request(
         self, op: str, body: dict[str, Any], payload: bytes | None = None, *, timeout: float
     ) -> Response:
         """Carry out ``op``; see :class:`~matl.client.transport.Transport`."""
-        call = _call_for(op, body, payload)
+        request = _build_request(self._client, op, body, payload, timeout)
         try:
-            response = self._client.request(
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                content=call.content,
-                headers=call.headers,
-                timeout=timeout,
-            )
+            response = self._client.send(request)
         except httpx.HTTPError as exc:
             raise _transport_error(op, self.base_url, exc) from exc
         return _parse(op, response)
@@ -182,37 +198,21 @@ class HTTPTransport:
         """Close the connection pool."""
         self._client.close()
 
-    def __enter__(self) -> HTTPTransport:
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-class AsyncHTTPTransport:
+class AsyncHTTPTransport(AsyncClosing):
     """Asynchronous transport over the validator's REST API (see :class:`HTTPTransport`)."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=_default_headers(headers), trust_env=False
-        )
+        self._client = httpx.AsyncClient(**_client_options(self.base_url, headers))
 
     async def request(
         self, op: str, body: dict[str, Any], payload: bytes | None = None, *, timeout: float
     ) -> Response:
         """Carry out ``op``; see :class:`~matl.client.transport.AsyncTransport`."""
-        call = _call_for(op, body, payload)
+        request = _build_request(self._client, op, body, payload, timeout)
         try:
-            response = await self._client.request(
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                content=call.content,
-                headers=call.headers,
-                timeout=timeout,
-            )
+            response = await self._client.send(request)
         except httpx.HTTPError as exc:
             raise _transport_error(op, self.base_url, exc) from exc
         return _parse(op, response)
@@ -220,9 +220,3 @@ class AsyncHTTPTransport:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncHTTPTransport:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()

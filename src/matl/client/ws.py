@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
+from matl._closing import AsyncClosing, Closing
 from matl.client.transport import Response
 from matl.errors import MATLError, PayloadTooLargeError, TransportError, error_from_code
 
@@ -82,10 +83,36 @@ def _read_json(text: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+class _WSTransportBase:
+    """What :class:`WSTransport` and :class:`AsyncWSTransport` share (no IO): their settings
+    (see :class:`WSTransport`), request ids, connection options and error messages."""
+
+    def __init__(self, url: str, *, open_timeout: float = 10.0) -> None:
+        self.url = url
+        self._open_timeout = open_timeout
+        self._ids = itertools.count(1)
+        self._subscribed = False
+
+    def _connect_options(self, timeout: float) -> dict[str, Any]:
+        """Keyword arguments of ``connect`` for a request allowed ``timeout`` seconds."""
+        return {
+            "open_timeout": min(timeout, self._open_timeout),
+            "compression": None,
+            "max_size": None,
+            "proxy": None,
+        }
+
+    def _connect_error(self, exc: Exception) -> TransportError:
+        return TransportError(f"cannot connect to {self.url}: {exc}")
+
+    def _timed_out(self, op: str, timeout: float) -> TransportError:
+        return TransportError(f"{op!r} to {self.url} timed out after {timeout}s")
+
+
 # --- synchronous ---
 
 
-class WSTransport:
+class WSTransport(_WSTransportBase, Closing):
     """Synchronous WebSocket transport.
 
     Parameters
@@ -104,30 +131,21 @@ class WSTransport:
     """
 
     def __init__(self, url: str, *, open_timeout: float = 10.0) -> None:
-        self.url = url
-        self._open_timeout = open_timeout
+        super().__init__(url, open_timeout=open_timeout)
         self._conn: SyncConnection | None = None
         self._closer = contextlib.ExitStack()  # closes the connection
         self._lock = threading.RLock()
-        self._ids = itertools.count(1)
         self._events: collections.deque[dict[str, Any]] = collections.deque()
-        self._subscribed = False
 
     def _connection(self, timeout: float) -> SyncConnection:
         if self._conn is None:
             stack = contextlib.ExitStack()
             try:
                 self._conn = stack.enter_context(
-                    sync_connect(
-                        self.url,
-                        open_timeout=min(timeout, self._open_timeout),
-                        compression=None,
-                        max_size=None,
-                        proxy=None,
-                    )
+                    sync_connect(self.url, **self._connect_options(timeout))
                 )
             except _CONNECT_ERRORS as exc:
-                raise TransportError(f"cannot connect to {self.url}: {exc}") from exc
+                raise self._connect_error(exc) from exc
             self._closer = stack
             self._subscribed = False
         return self._conn
@@ -173,7 +191,7 @@ class WSTransport:
                     elif data.get("id") == rid:
                         return _result(data, data_payload)
             except TimeoutError:
-                raise TransportError(f"{op!r} to {self.url} timed out after {timeout}s") from None
+                raise self._timed_out(op, timeout) from None
             except ConnectionClosed as exc:
                 self._drop()
                 raise _exc_closed_error(self.url, exc) from exc
@@ -218,12 +236,6 @@ class WSTransport:
         """Close the connection."""
         with self._lock:
             self._drop()
-
-    def __enter__(self) -> WSTransport:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 # --- asynchronous ---
@@ -274,43 +286,27 @@ class VerdictStream(AsyncIterator[dict[str, Any]]):
         self._put(None)
 
 
-class AsyncWSTransport:
-    """Asynchronous WebSocket transport (see the module docstring).
-
-    Parameters
-    ----------
-    url:
-        The server, e.g. ``ws://127.0.0.1:8765``.
-    open_timeout:
-        Seconds allowed for the opening handshake.
-    """
+class AsyncWSTransport(_WSTransportBase, AsyncClosing):
+    """Asynchronous WebSocket transport (see the module docstring); its parameters are those of
+    :class:`WSTransport`."""
 
     def __init__(self, url: str, *, open_timeout: float = 10.0) -> None:
-        self.url = url
-        self._open_timeout = open_timeout
+        super().__init__(url, open_timeout=open_timeout)
         self._conn: AsyncConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
-        self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._streams: set[VerdictStream] = set()
-        self._subscribed = False
         self._background: set[asyncio.Task[None]] = set()
 
     async def _connection(self, timeout: float) -> AsyncConnection:
         async with self._connect_lock:
             if self._conn is None:
                 try:
-                    conn = await async_connect(
-                        self.url,
-                        open_timeout=min(timeout, self._open_timeout),
-                        compression=None,
-                        max_size=None,
-                        proxy=None,
-                    )
+                    conn = await async_connect(self.url, **self._connect_options(timeout))
                 except _CONNECT_ERRORS as exc:
-                    raise TransportError(f"cannot connect to {self.url}: {exc}") from exc
+                    raise self._connect_error(exc) from exc
                 self._conn = conn
                 self._subscribed = False
                 self._reader = asyncio.create_task(self._read(conn))
@@ -388,7 +384,7 @@ class AsyncWSTransport:
         try:
             return await asyncio.wait_for(exchange(), timeout)
         except asyncio.TimeoutError:
-            raise TransportError(f"{op!r} to {self.url} timed out after {timeout}s") from None
+            raise self._timed_out(op, timeout) from None
         except ConnectionClosed as exc:
             raise _exc_closed_error(self.url, exc) from exc
         finally:
@@ -419,9 +415,3 @@ class AsyncWSTransport:
         if reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-
-    async def __aenter__(self) -> AsyncWSTransport:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()

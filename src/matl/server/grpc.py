@@ -45,15 +45,17 @@ import grpc
 from matl._proto import load
 from matl._proto.codec import (
     ERROR_CODE_KEY,
+    RPCS,
     SUBSCRIBED_KEY,
     CodecError,
+    Rpc,
     from_message,
-    rpc_for_op,
     status_for,
     to_message,
 )
 from matl.errors import ConfigError, MalformedPayloadError, ServiceError
 from matl.server.service import ValidatorService
+from matl.server.threads import ServerHandle
 
 __all__ = [
     "PUSH_BACKLOG",
@@ -118,61 +120,23 @@ class ValidatorServicer:
         self._streams_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ unary RPCs
-    def _unary(self, op: str, request: Any, context: Any) -> Any:
+    # Register, Submit, GetReceipt, ...: one method per entry of codec.RPCS, made by _unary_rpc
+    # below the class; every one is this adapter.
+    def _unary(self, rpc: Rpc, request: Any, context: Any) -> Any:
         try:
             body, payload = from_message(request)
         except CodecError as exc:
-            _abort(context, MalformedPayloadError(f"{op}: {exc}"))
+            _abort(context, MalformedPayloadError(f"{rpc.op}: {exc}"))
         error: ServiceError
         try:
-            reply = self.service.handle(op, body, payload)
-            return to_message(getattr(self._pb2, rpc_for_op(op).reply), reply.body, reply.payload)
+            reply = self.service.handle(rpc.op, body, payload)
+            return to_message(getattr(self._pb2, rpc.reply), reply.body, reply.payload)
         except ServiceError as exc:
             error = exc
         except Exception:  # a bug (or a reply that does not fit its message): log, say little
-            _log.exception("gRPC %s failed", op)
-            error = InternalError(f"{op}: internal error (see the validator's log)")
+            _log.exception("gRPC %s failed", rpc.op)
+            error = InternalError(f"{rpc.op}: internal error (see the validator's log)")
         _abort(context, error)
-
-    def Register(self, request: Any, context: Any) -> Any:
-        """``register``: a node's public key -> its node id."""
-        return self._unary("register", request, context)
-
-    def Submit(self, request: Any, context: Any) -> Any:
-        """``submit``: a signed submission -> the validator's receipt."""
-        return self._unary("submit", request, context)
-
-    def GetReceipt(self, request: Any, context: Any) -> Any:
-        """``receipt``: (node, round) -> the stored submission's receipt."""
-        return self._unary("receipt", request, context)
-
-    def GetRound(self, request: Any, context: Any) -> Any:
-        """``round``: the open round."""
-        return self._unary("round", request, context)
-
-    def GetModel(self, request: Any, context: Any) -> Any:
-        """``model``: the global model."""
-        return self._unary("model", request, context)
-
-    def GetVerdict(self, request: Any, context: Any) -> Any:
-        """``verdict``: a gradient hash -> its signed verdict."""
-        return self._unary("verdict", request, context)
-
-    def GetTrusted(self, request: Any, context: Any) -> Any:
-        """``trusted``: a closed round's accepted gradients."""
-        return self._unary("trusted", request, context)
-
-    def GetReputation(self, request: Any, context: Any) -> Any:
-        """``reputation``: a node's reputation."""
-        return self._unary("reputation", request, context)
-
-    def CloseRound(self, request: Any, context: Any) -> Any:
-        """``close_round``: score the open round now."""
-        return self._unary("close_round", request, context)
-
-    def GetInfo(self, request: Any, context: Any) -> Any:
-        """``info``: the validator's id, mode and limits."""
-        return self._unary("info", request, context)
 
     # ---------------------------------------------------------------------------- streaming RPC
     def WatchVerdicts(self, request: Any, context: Any) -> Iterator[Any]:
@@ -230,6 +194,23 @@ class ValidatorServicer:
         for items in streams:
             with contextlib.suppress(queue.Full):
                 items.put_nowait(None)
+
+
+def _unary_rpc(rpc: Rpc) -> Callable[[ValidatorServicer, Any, Any], Any]:
+    """The servicer method of ``rpc``: the service operation ``rpc.op`` behind :meth:`_unary`."""
+
+    def method(self: ValidatorServicer, request: Any, context: Any) -> Any:
+        return self._unary(rpc, request, context)
+
+    method.__name__ = rpc.method
+    method.__qualname__ = f"ValidatorServicer.{rpc.method}"
+    method.__doc__ = f"``{rpc.op}``: ``{rpc.request}`` -> ``{rpc.reply}``."
+    return method
+
+
+for _rpc in RPCS:
+    setattr(ValidatorServicer, _rpc.method, _unary_rpc(_rpc))
+del _rpc
 
 
 def _address(host: str, port: int) -> str:
@@ -298,8 +279,11 @@ def serve_grpc(
     return server
 
 
-class GRPCServerHandle:
+class GRPCServerHandle(ServerHandle):
     """A running gRPC server (tests, embedding); :func:`start_grpc_server` makes one.
+
+    ``with`` stops it on exit; ``host`` and ``port`` are the bound address (see
+    :class:`~matl.server.threads.ServerHandle`).
 
     Attributes
     ----------
@@ -307,8 +291,6 @@ class GRPCServerHandle:
         The ``grpc.Server``.
     servicer:
         Its :class:`ValidatorServicer`.
-    host, port:
-        The bound address (``port`` is the real one when 0 was asked for).
     target, url:
         ``host:port`` (what :class:`~matl.client.grpc.GRPCTransport` takes) and
         ``grpc://host:port`` (what :class:`~matl.client.MATLClient` takes).
@@ -330,12 +312,6 @@ class GRPCServerHandle:
         """End the verdict streams, then stop serving (in-flight RPCs get ``grace`` seconds)."""
         self.servicer.close()
         self.server.stop(grace).wait()
-
-    def __enter__(self) -> GRPCServerHandle:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def start_grpc_server(

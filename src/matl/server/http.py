@@ -34,8 +34,8 @@ import base64
 import binascii
 import json
 import logging
-import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import fastapi
@@ -56,6 +56,7 @@ from matl.errors import (
 )
 from matl.protocol import NodeReputation, Receipt, RoundInfo, TrustedGradient, Verdict
 from matl.server.service import Reply, ValidatorService
+from matl.server.threads import ServerThread
 
 __all__ = [
     "BODY_HEADER",
@@ -462,87 +463,37 @@ def serve_http(
     *,
     ready: threading.Event | None = None,
 ) -> None:
-    """Serve the REST API with uvicorn until interrupted (blocks).
+    """Serve the REST API with uvicorn on ``host:port`` until interrupted (blocks).
 
-    Parameters
-    ----------
-    service:
-        The dispatcher to serve.
-    host, port:
-        Where to listen.
-    ready:
-        Set once the server accepts connections.
+    ``ready`` is set once the server accepts connections (see :meth:`ServerThread.run`).
     """
-    sock = socket.create_server((host, port))
-    server = uvicorn.Server(_config(service, host, sock.getsockname()[1]))
-    _run(server, sock, ready)
+    HTTPServerThread(service, host, port).run(ready)
 
 
-def _run(server: uvicorn.Server, sock: socket.socket, ready: threading.Event | None) -> None:
-    """Run ``server`` on the bound ``sock`` in a fresh event loop; set ``ready`` once it serves."""
-
-    async def main() -> None:
-        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.005)
-        if ready is not None:
-            ready.set()
-        await serving
-
-    try:
-        asyncio.run(main())
-    finally:
-        if ready is not None:
-            ready.set()  # never leave a waiter hanging when startup failed
-        sock.close()
-
-
-class HTTPServerThread:
+class HTTPServerThread(ServerThread):
     """The REST API served from a background thread (tests, embedding).
 
-    Use :func:`start_http_server` to make one; ``with`` stops it on exit.
-
-    Attributes
-    ----------
-    host, port:
-        The bound address (``port`` is the real one when 0 was asked for).
-    url:
-        ``http://host:port``.
+    Use :func:`start_http_server` to make one; ``with`` stops it on exit. ``url`` is
+    ``http://host:port``; see :class:`~matl.server.threads.ServerThread`.
     """
 
+    scheme = "http"
+    protocol = "HTTP"
+
     def __init__(self, service: ValidatorService, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._sock = socket.create_server((host, port))
-        self.host = host
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        super().__init__(host, port)
         self._server = uvicorn.Server(_config(service, host, self.port))
-        self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=_run,
-            args=(self._server, self._sock, self._ready),
-            name=f"matl-http-{self.port}",
-            daemon=True,
-        )
 
-    def start(self, timeout: float = 10.0) -> HTTPServerThread:
-        """Start serving; returns once connections are accepted."""
-        self._thread.start()
-        if not self._ready.wait(timeout) or not self._server.started:
-            self.stop()
-            raise RuntimeError(f"the HTTP server on {self.url} did not start")
-        return self
+    async def _serve(self, ready: Callable[[], None]) -> None:
+        serving = asyncio.ensure_future(self._server.serve(sockets=[self._sock]))
+        while not self._server.started and not serving.done():
+            await asyncio.sleep(0.005)
+        if self._server.started:
+            ready()
+        await serving
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and wait for the thread to end."""
+    def _request_stop(self) -> None:
         self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def __enter__(self) -> HTTPServerThread:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def start_http_server(

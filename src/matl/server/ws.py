@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from matl.errors import MalformedPayloadError, ServiceError
 from matl.server.service import Reply, ValidatorService
+from matl.server.threads import ServerThread
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -247,22 +247,6 @@ def _parse_request(text: str) -> tuple[RequestId, str, dict[str, Any], bool]:
 # --- running it ---
 
 
-async def _serve(
-    service: ValidatorService,
-    sock: socket.socket,
-    ready: Callable[[], None],
-    stop: asyncio.Event,
-) -> None:
-    info = service.handle("info", {}).body
-
-    async def handler(conn: ServerConnection) -> None:
-        await _Session(service, conn).run()
-
-    async with serve(handler, sock=sock, max_size=max_message_size(info), compression=None):
-        ready()
-        await stop.wait()
-
-
 def serve_ws(
     service: ValidatorService,
     host: str = "127.0.0.1",
@@ -270,85 +254,48 @@ def serve_ws(
     *,
     ready: threading.Event | None = None,
 ) -> None:
-    """Serve the WebSocket protocol until interrupted (blocks).
+    """Serve the WebSocket protocol on ``ws://host:port`` (any path) until interrupted (blocks).
 
-    Parameters
-    ----------
-    service:
-        The dispatcher to serve.
-    host, port:
-        Where to listen (``ws://host:port``, any path).
-    ready:
-        Set once the server accepts connections.
+    ``ready`` is set once the server accepts connections (see :meth:`ServerThread.run`).
     """
-    sock = socket.create_server((host, port))
-    try:
-        asyncio.run(_serve(service, sock, ready.set if ready else lambda: None, asyncio.Event()))
-    finally:
-        sock.close()
+    WSServerThread(service, host, port).run(ready)
 
 
-class WSServerThread:
+class WSServerThread(ServerThread):
     """The WebSocket server run from a background thread (tests, embedding).
 
-    Use :func:`start_ws_server` to make one; ``with`` stops it on exit.
-
-    Attributes
-    ----------
-    host, port:
-        The bound address (``port`` is the real one when 0 was asked for).
-    url:
-        ``ws://host:port``.
+    Use :func:`start_ws_server` to make one; ``with`` stops it on exit (closing every
+    connection). ``url`` is ``ws://host:port``; see :class:`~matl.server.threads.ServerThread`.
     """
 
+    scheme = "ws"
+    protocol = "WebSocket"
+
     def __init__(self, service: ValidatorService, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self._service = service
-        self._sock = socket.create_server((host, port))
-        self.host = host
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"ws://{host}:{self.port}"
-        self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name=f"matl-ws-{self.port}", daemon=True)
 
-    def _main(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            await _serve(self._service, self._sock, self._ready.set, self._stop)
+    async def _serve(self, ready: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        info = self._service.handle("info", {}).body
 
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-        finally:
-            self._ready.set()
-            self._sock.close()
+        async def handler(conn: ServerConnection) -> None:
+            await _Session(self._service, conn).run()
 
-    def start(self, timeout: float = 10.0) -> WSServerThread:
-        """Start serving; returns once connections are accepted."""
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            self.stop()
-            raise RuntimeError(f"the WebSocket server on {self.url} did not start") from self._error
-        return self
+        async with serve(
+            handler, sock=self._sock, max_size=max_message_size(info), compression=None
+        ):
+            ready()
+            await self._stop.wait()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Close every connection, stop serving and wait for the thread to end."""
+    def _request_stop(self) -> None:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(stop.set)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def __enter__(self) -> WSServerThread:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def start_ws_server(
