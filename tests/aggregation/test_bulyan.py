@@ -237,3 +237,21 @@ def test_robust_to_f_far_outliers(
     slack = 4 * torch.finfo(dtype).eps
     assert torch.all(res.aggregate >= honest.amin(dim=0) - slack)
     assert torch.all(res.aggregate <= honest.amax(dim=0) + slack)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "theta"), [(700, 600), (1000, 800), (1000, 799), (300, 200)])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_closest_to_median_many_rows(n: int, theta: int, dtype: torch.dtype, rounded: bool) -> None:
+    # θ > 512 float32 values per coordinate: median and radius from two sorted runs.
+    gen = torch.Generator().manual_seed(theta)
+    updates = torch.randn(n, 200, generator=gen, dtype=dtype)
+    if rounded:
+        updates = torch.round(updates * 2)  # ties at the radius in most coordinates
+    rows = torch.sort(torch.randperm(n, generator=gen)[:theta]).values
+    beta = theta // 2
+    mean, credit = closest_to_median_mean(updates, rows, beta)
+    expected_mean, expected_credit = closest_reference(updates[rows].double(), beta)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=tol, atol=tol)
+    torch.testing.assert_close(credit, expected_credit, rtol=0, atol=1e-9)

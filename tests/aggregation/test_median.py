@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matl.aggregation import Median, get_rule
+from matl.aggregation.median import coordinate_median
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -125,3 +126,31 @@ def test_many_columns_match_kthvalue() -> None:
     assert torch.equal(res.aggregate, values)
     counts = torch.bincount(rows, minlength=65).double() / 70_000
     torch.testing.assert_close(res.weights.double(), counts, rtol=0, atol=1e-6)
+
+
+def tie_shared_reference(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median from a full sort, and each middle's credit split between the rows holding it."""
+    n, d = updates.shape
+    srt = torch.sort(updates, dim=0).values
+    mids = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    values = srt[mids[0]] if n % 2 else (srt[mids[0]] + srt[mids[1]]) / 2
+    credit = torch.zeros(n, dtype=torch.float64)
+    for r in mids:
+        holders = (updates == srt[r]).double()
+        credit += (holders / holders.sum(dim=0)).sum(dim=1) / len(mids)
+    return values, credit / d
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [513, 600, 999, 1000])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_many_rows_match_a_full_sort(n: int, dtype: torch.dtype, rounded: bool) -> None:
+    # n > 512 float32 values per coordinate: selected from two sorted runs, never merged.
+    gen = torch.Generator().manual_seed(n)
+    updates = torch.randn(n, 300, generator=gen, dtype=dtype)
+    if rounded:
+        updates = torch.round(updates * 2)  # ties at the middle in most coordinates
+    median, credit = coordinate_median(updates)
+    values, weights = tie_shared_reference(updates)
+    assert torch.equal(median, values)
+    torch.testing.assert_close(credit, weights, rtol=0, atol=1e-12)

@@ -221,3 +221,34 @@ def test_robust_to_f_huge_outliers_and_numerically_exact(
     assert torch.all(agg <= honest.amax(dim=0) + slack)
     tol = 1e-6 if dtype == torch.float32 else 1e-14
     torch.testing.assert_close(agg.double(), reference(updates, f), rtol=tol, atol=tol)
+
+
+def trimmed_share_reference(updates: torch.Tensor, t: int) -> torch.Tensor:
+    """Per row, the coordinates where it was trimmed, copies at a boundary sharing equally."""
+    n = updates.shape[0]
+    srt = torch.sort(updates, dim=0).values
+    lo, hi = srt[t], srt[n - t - 1]
+    below, above = (updates < lo).double(), (updates > hi).double()
+    at_lo, at_hi = (updates == lo).double(), (updates == hi).double()
+    same = lo == hi
+    frac_lo = torch.where(
+        same, (at_lo.sum(0) - (n - 2 * t)) / at_lo.sum(0), (t - below.sum(0)) / at_lo.sum(0)
+    )
+    frac_hi = torch.where(same, torch.zeros_like(frac_lo), (t - above.sum(0)) / at_hi.sum(0))
+    return (below + above + at_lo * frac_lo + at_hi * frac_hi).sum(dim=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [513, 600, 999, 1000])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_many_rows_match_a_sort_based_reference(n: int, dtype: torch.dtype, rounded: bool) -> None:
+    # n > 512 float32 values per coordinate: boundaries selected from two sorted runs.
+    gen = torch.Generator().manual_seed(n)
+    updates = torch.randn(n, 300, generator=gen, dtype=dtype)
+    if rounded:
+        updates = torch.round(updates * 2)  # ties at both trimming boundaries
+    t = n // 10
+    mean, trimmed = trimmed_mean(updates, t)
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(mean.double(), reference(updates, t), rtol=tol, atol=tol)
+    torch.testing.assert_close(trimmed, trimmed_share_reference(updates, t), rtol=0, atol=1e-9)

@@ -12,7 +12,17 @@ from numpy.typing import NDArray
 
 from matl.aggregation.base import AggregationResult, AggregationRule, RoundContext
 from matl.aggregation.distances import pairwise_sq_distances
-from matl.aggregation.order_stats import map_column_blocks, median_of_sorted
+from matl.aggregation.order_stats import (
+    FloatArray,
+    OrderStats,
+    Workspace,
+    column_runs,
+    host_array,
+    map_column_ranges,
+    midpoint,
+    run_layout,
+    slice_sums,
+)
 from matl.aggregation.registry import register_rule
 from matl.errors import ConfigError
 
@@ -72,13 +82,10 @@ def bulyan_select(
         raise ValueError(f"unknown selection {selection!r}; expected one of {_SELECTIONS}")
     device = dist.device
     with torch.no_grad():
-        d64_t = dist.detach().to(device="cpu", dtype=torch.float64, copy=True)
-        d64_t.fill_diagonal_(float("inf"))  # a row is not its own neighbour
-        # Each row's neighbours by increasing distance (stable: ties by index); self comes last.
-        order_t = torch.sort(d64_t, dim=1, stable=True).indices[:, : n - 1].contiguous()
-    d64 = d64_t.numpy()
-    order = order_t.numpy()
-    near = np.take_along_axis(d64, order, axis=1)  # (n, n - 1) sorted distances
+        d64 = dist.detach().to(device="cpu", dtype=torch.float64, copy=True).numpy()
+    np.fill_diagonal(d64, np.inf)  # a row is not its own neighbour
+    # Each row's neighbours by increasing distance; self (at inf) comes last.
+    order, near = _neighbour_order(d64)
     scores = near[:, :k].sum(axis=1)
     if selection == "multi_krum":
         chosen = np.argsort(scores, kind="stable")[:theta]
@@ -90,37 +97,61 @@ def bulyan_select(
     )
 
 
+def _neighbour_order(
+    d64: NDArray[np.float64],
+) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """``(order, near)``: each row's columns by increasing distance and the distances in that
+    order, both ``(n, n)`` and C-contiguous. The row itself (distance ``inf``) sorts last; the
+    last column is never used as a neighbour.
+
+    The order among equal distances is left to NumPy's default (vectorised, unstable) argsort,
+    about twice as fast as a stable one: Krum scores, and hence the rounds' winners, depend only
+    on the sorted distances, which equal neighbours do not change.
+    """
+    order = np.argsort(d64, axis=1)
+    near = np.take_along_axis(d64, order, axis=1)
+    return order, near
+
+
 def _recursive_krum(
     d64: NDArray[np.float64],
-    order: NDArray[np.int64],
+    order: NDArray[np.intp],
     near: NDArray[np.float64],
     scores: NDArray[np.float64],
     f: int,
     theta: int,
 ) -> NDArray[np.int64]:
     """The recursive-Krum rounds of :func:`bulyan_select` (NumPy: a sequential loop over small
-    vectors, where per-operation overhead matters more than throughput)."""
+    vectors, where per-operation overhead matters more than throughput, so the loop reads
+    contiguous rows, gathers from flat arrays and updates its vectors in place)."""
     n = d64.shape[0]
     k = n - f - 2
     rows = np.arange(n)
-    # position[i, j]: where j sits in row i's neighbour order (self: n - 1, never used).
-    position = np.full((n, n), n - 1, dtype=np.int64)
-    np.put_along_axis(position, order, np.broadcast_to(np.arange(n - 1), (n, n - 1)), axis=1)
+    row_start = rows * n  # row i of order / near in their flat views
+    order_flat = order.reshape(-1)
+    near_flat = near.reshape(-1)
+    # position_by_col[j, i]: where j sits in row i's neighbour order (the unused last column:
+    # n - 1), stored by j so that a round reads one contiguous row; likewise d64 by column.
+    position_by_col = np.empty((n, n), dtype=np.intp)
+    position_by_col[order, rows[:, None]] = np.arange(n)
+    d64_by_col = np.ascontiguousarray(d64.T)
     alive = np.ones(n, dtype=bool)
     # pointer[i]: position of the k-th nearest remaining neighbour of i; score[i] sums the
     # remaining neighbours up to and including it, error[i] bounds its accumulated rounding.
-    pointer = np.full(n, k - 1, dtype=np.int64)
+    pointer = np.full(n, k - 1, dtype=np.intp)
     score = scores.copy()
     eps = float(np.finfo(np.float64).eps)
     error = score * (k * eps)
     span = np.arange(n - 1)[None, :]
     inf = np.inf
+    current = np.empty(n)
+    scratch = np.empty(n)
 
-    def exact_scores(idx: NDArray[np.int64], k: int) -> NDArray[np.float64]:
+    def exact_scores(idx: NDArray[np.intp], k: int) -> NDArray[np.float64]:
         # The k remaining neighbours up to the pointer, summed in increasing order: rows with
         # equal distances give bit-equal sums.
-        keep = (span <= pointer[idx, None]) & alive[order[idx]]
-        result: NDArray[np.float64] = near[idx][keep].reshape(-1, k).sum(axis=1)
+        keep = (span <= pointer[idx, None]) & alive[order[idx, : n - 1]]
+        result: NDArray[np.float64] = near[idx, : n - 1][keep].reshape(-1, k).sum(axis=1)
         return result
 
     selected = np.empty(theta, dtype=np.int64)
@@ -128,15 +159,18 @@ def _recursive_krum(
         remaining = n - step
         k = remaining - f - 2
         if k >= 1:
-            current = np.where(alive, score, inf)
+            np.copyto(current, score)
+            current[~alive] = inf
             # Every row whose true score could be the minimum, given the error bounds, is
             # re-summed exactly, so exact ties still go to the lowest index.
-            bound = np.min(current + error) * (1.0 + 4.0 * eps)
-            candidates = np.flatnonzero(alive & (score - error <= bound))
+            bound = np.add(current, error, out=scratch).min() * (1.0 + 4.0 * eps)
+            contender = np.subtract(score, error, out=scratch) <= bound
+            contender &= alive
+            candidates = np.flatnonzero(contender)
             if candidates.size > 1:
                 winner = int(candidates[np.argmin(exact_scores(candidates, k))])
             else:
-                winner = int(np.argmin(current))
+                winner = int(current.argmin())
         elif remaining > 1:  # floor at one neighbour: the nearest remaining other
             nearest = np.where(alive[None, :], d64, inf).min(axis=1)
             winner = int(np.argmin(np.where(alive, nearest, inf)))
@@ -150,19 +184,25 @@ def _recursive_krum(
         # * winner before the k-th neighbour: the score loses d(i, winner), the pointer stays;
         # * otherwise (it was the k-th or beyond): the score loses the k-th distance and the
         #   pointer moves back to the previous remaining neighbour.
-        before = position[:, winner] < pointer
-        score = score - np.where(before, d64[:, winner], near[rows, pointer])
-        error = error + eps * np.abs(score)
-        idx = np.flatnonzero(alive & ~before)
+        before = position_by_col[winner] < pointer
+        lost = near_flat.take(row_start + pointer)
+        np.copyto(lost, d64_by_col[winner], where=before)
+        score -= lost
+        error += np.multiply(np.abs(score, out=scratch), eps, out=scratch)
+        before |= ~alive
+        idx = np.flatnonzero(~before)
         if idx.size:
             ptr = pointer[idx] - 1
+            start = row_start[idx]
             while True:
-                dead = ~alive[order[idx, ptr]]
+                dead = ~alive[order_flat.take(start + ptr)]
                 if not dead.any():
                     break
                 ptr -= dead
             pointer[idx] = ptr
-        inexact = np.flatnonzero(alive & (error > _RESUM_RELATIVE_ERROR * score))
+        inexact = np.flatnonzero(
+            alive & (error > np.multiply(score, _RESUM_RELATIVE_ERROR, out=scratch))
+        )
         if inexact.size:
             score[inexact] = exact_scores(inexact, k - 1)
             error[inexact] = score[inexact] * ((k - 1) * eps)
@@ -182,6 +222,25 @@ def closest_to_median_mean(
     so the result does not depend on the order of the rows. The values used all lie within
     :math:`[m_k - r_k, m_k + r_k]`; nothing is subtracted.
 
+    Algorithm: the columns are processed in cache-sized blocks on a thread pool
+    (:func:`~matl.aggregation.order_stats.map_column_ranges`). Each block of the selected rows is
+    copied transposed, one row per coordinate, into the run layout of
+    :func:`~matl.aggregation.order_stats.column_runs`, and a sorted copy gives the median
+    (:class:`~matl.aggregation.order_stats.OrderStats`); the distances to it are formed in the
+    same layout.
+
+    * One run per coordinate (``theta`` values of at most 2 KiB, or more than 4 KiB): the
+      ``beta`` closest values fill a window of the sorted values, :math:`r_k` is the smallest
+      window's wider end, and the window is summed straight from the sorted values.
+    * Two runs (2–4 KiB, e.g. ``512 < theta <= 1024`` float32 values): :math:`r_k` and the next
+      distance are selected from a sorted copy of the distances (so no row is ever merged or
+      sorted past NumPy's in-register sorting network), and the values within :math:`r_k` are
+      summed by one dot product per coordinate with their 0/1 indicator.
+
+    The ``beta`` closest values are unique unless the distance after :math:`r_k` equals it (or a
+    value next to the window is as close); those few coordinates are redone with the shared
+    weights. Credits come from the same indicator, in the unsorted layout.
+
     Returns
     -------
     (mean, credit):
@@ -193,65 +252,108 @@ def closest_to_median_mean(
     theta = int(rows.numel())
     if not 1 <= beta <= theta:
         raise ValueError(f"closest_to_median_mean needs 1 <= beta <= {theta}, got {beta}")
-    out = torch.empty(d, dtype=updates.dtype, device=updates.device)
-    spare = theta - beta
+    x = host_array(updates)
+    picked = rows.detach().cpu().numpy()
+    out = np.empty(d, dtype=x.dtype)
+    mids = [theta // 2] if theta % 2 == 1 else [theta // 2 - 1, theta // 2]
+    layout = run_layout(theta, x.dtype.itemsize)
 
-    def block(start: int, stop: int, tile: torch.Tensor, srt: torch.Tensor) -> torch.Tensor:
-        med = median_of_sorted(srt)[:, None]
-        # |x - m| is V-shaped along each sorted row, so the beta closest values fill a window
-        # srt[l : l + beta] (l <= spare), and the beta-th smallest distance is the smallest
-        # window's wider end. argmin takes the first (lowest) best window.
-        cost = torch.maximum((srt[:, : spare + 1] - med).abs(), (srt[:, beta - 1 :] - med).abs())
-        radius, first = cost.min(dim=1, keepdim=True)
-        # The window is the unique set of beta closest values unless a value just outside it is
-        # as close as its wider end.
-        unique = torch.ones_like(first, dtype=torch.bool)
-        has_left = first > 0
-        left_gap = (srt.gather(1, (first - 1).clamp(min=0)) - med).abs()
-        unique &= ~has_left | (left_gap > radius)
-        has_right = first + beta < theta
-        right_gap = (srt.gather(1, (first + beta).clamp(max=theta - 1)) - med).abs()
-        unique &= ~has_right | (right_gap > radius)
-        unique = unique.squeeze(1)
-
-        # Window sums straight from the sorted values (nothing subtracted): every window holds
-        # srt[spare : beta]; the rest is the tail of srt[: spare] from `first` and the head of
-        # srt[beta :] up to `first + beta`.
-        if beta > spare:
-            span = torch.arange(spare, device=srt.device)[None, :]
-            total = srt[:, spare:beta].sum(dim=1)
-            if spare > 0:
-                total += torch.where(span >= first, srt[:, :spare], 0.0).sum(dim=1)
-                total += torch.where(span < first, srt[:, beta:], 0.0).sum(dim=1)
+    def block(start: int, stop: int, ws: Workspace) -> NDArray[np.float64]:
+        c = stop - start
+        shape = (c, *layout)
+        # The selected values, one row per coordinate (NaN in the filler slot, if any: its
+        # distance is NaN too, which sorts last and is never <= a radius).
+        values = column_runs(x[picked, start:stop], np.nan, out=ws.get("values", shape, x.dtype))
+        srt = ws.get("sorted", shape, x.dtype)
+        srt[...] = values
+        med = OrderStats(srt, theta).select(mids)
+        med = med[0] if len(mids) == 1 else midpoint(med[0], med[1])
+        dist = np.subtract(values, med[:, None, None], out=ws.get("dist", shape, x.dtype))
+        np.abs(dist, out=dist)
+        flat_values = values.reshape(c, -1)[:, :theta]
+        flat_dist = dist.reshape(c, -1)[:, :theta]
+        if layout[0] == 1:
+            # One sorted run: the beta closest values fill a window of it, found directly, and
+            # are summed straight from the sorted values.
+            radius, first, unique = _closest_window(srt[:, 0], med, beta, ws)
         else:
-            span = torch.arange(theta, device=srt.device)[None, :]
-            window = (span >= first) & (span < first + beta)
-            total = torch.where(window, srt, 0.0).sum(dim=1)
+            # Two runs: the radius is the beta-th smallest distance, selected from a sorted
+            # copy of the distances. The beta closest values are unique unless the next
+            # distance equals it.
+            srt[...] = dist
+            radius, *beyond = OrderStats(srt, theta).select(
+                [beta - 1, beta] if beta < theta else [beta - 1]
+            )
+            unique = beyond[0] > radius if beyond else np.ones(c, dtype=bool)
+        # used[k, i] = 1 where row i's value is among coordinate k's beta closest (as 0/1 in the
+        # values' dtype). Coordinates with values tied at the radius get a radius of -1 here
+        # (distances are >= 0) and are redone below with the places at the radius shared.
+        tied = np.flatnonzero(~unique)
+        used = ws.get("used", (c, theta), x.dtype)
+        np.less_equal(flat_dist, np.where(unique, radius, -1)[:, None], out=used, casting="unsafe")
+        if layout[0] == 1:
+            row_start = np.arange(c, dtype=np.intp) * theta + first
+            total = slice_sums(srt.reshape(-1), row_start, row_start + beta)
+        else:
+            # One dot product per coordinate; an infinite value left out gives inf * 0 = NaN
+            # there, so such (rare) coordinates are summed again without it.
+            with np.errstate(invalid="ignore"):
+                total = np.matmul(flat_values[:, None, :], used[:, :, None])[:, 0, 0]
+            lost = np.flatnonzero(np.isnan(total))
+            if lost.size:
+                total[lost] = np.where(used[lost] > 0, flat_values[lost], 0).sum(axis=1)
         out[start:stop] = total / beta
-        # Credit: the values inside [srt[l], srt[l + beta - 1]] are exactly the window's.
-        lo = srt.gather(1, first)
-        hi = srt.gather(1, first + beta - 1)
-        used = (tile >= lo) & (tile <= hi)
-        credit = used.sum(dim=0, dtype=torch.int32).to(torch.float64)
-        if not bool(unique.all()):
-            tied = ~unique
-            sub = tile[tied]
-            dist = (sub - med[tied]).abs()
-            inside = dist < radius[tied]
-            edge = dist == radius[tied]
-            n_inside = inside.sum(dim=1, keepdim=True, dtype=torch.int64).to(torch.float64)
-            n_edge = edge.sum(dim=1, keepdim=True, dtype=torch.int64).to(torch.float64)
-            weight = inside.to(torch.float64) + edge.to(torch.float64) * (
-                (beta - n_inside) / n_edge
-            )
-            out[start:stop][tied] = ((weight * sub.to(torch.float64)).sum(dim=1) / beta).to(
-                out.dtype
-            )
-            credit += weight.sum(dim=0) - used[tied].sum(dim=0, dtype=torch.int32).to(torch.float64)
+        credit: NDArray[np.float64] = used.sum(axis=0).astype(np.float64)
+        if tied.size:
+            sub = flat_values[tied].astype(np.float64)
+            gap = flat_dist[tied]
+            r = radius[tied, None]
+            inside = gap < r
+            edge = gap == r
+            n_inside = inside.sum(axis=1, keepdims=True)
+            n_edge = edge.sum(axis=1, keepdims=True)
+            weight = inside + edge * ((beta - n_inside) / n_edge)
+            out[start + tied] = ((weight * sub).sum(axis=1) / beta).astype(x.dtype)
+            credit += weight.sum(axis=0)
         return credit
 
-    credit = torch.stack(map_column_blocks(updates, block, rows=rows)).sum(dim=0)
-    return out, credit
+    credit = np.sum(map_column_ranges(theta, d, block), axis=0)
+    return (
+        torch.from_numpy(out).to(device=updates.device, dtype=updates.dtype),
+        torch.from_numpy(credit).to(device=updates.device),
+    )
+
+
+def _closest_window(
+    row: FloatArray, med: FloatArray, beta: int, ws: Workspace
+) -> tuple[FloatArray, NDArray[np.intp], NDArray[np.bool_]]:
+    """The ``beta`` values of each sorted row of ``row`` (``(c, θ)``) closest to ``med``.
+
+    ``|x − m|`` (as rounded in the row's dtype) falls and then rises along a sorted row, so the
+    ``beta`` closest values fill a window ``row[l : l + beta]``, ``l <= θ − beta``, and the
+    ``beta``-th smallest distance is the smallest window's wider end (the first such window is
+    taken).
+
+    Returns
+    -------
+    (radius, first, unique):
+        ``radius`` the ``beta``-th smallest distance; ``first`` the start of the first window
+        achieving it; ``unique`` whether that window is the only set of ``beta`` values within
+        ``radius`` (neither value next to it is as close).
+    """
+    c, theta = row.shape
+    spare = theta - beta
+    gap = np.subtract(row, med[:, None], out=ws.get("gap", row.shape, row.dtype))
+    np.abs(gap, out=gap)
+    cost = ws.get("cost", (c, spare + 1), row.dtype)
+    np.maximum(gap[:, : spare + 1], gap[:, beta - 1 :], out=cost)
+    first = cost.argmin(axis=1)
+    lines = np.arange(c)
+    radius: FloatArray = cost[lines, first]
+    unique = np.ones(c, dtype=bool)
+    unique &= (first == 0) | (gap[lines, np.maximum(first - 1, 0)] > radius)
+    unique &= (first == spare) | (gap[lines, np.minimum(first + beta, theta - 1)] > radius)
+    return radius, first, unique
 
 
 @register_rule

@@ -7,10 +7,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from matl.aggregation.base import AggregationResult, AggregationRule, RoundContext
-from matl.aggregation.order_stats import map_column_blocks
+from matl.aggregation.order_stats import (
+    FloatArray,
+    OrderStats,
+    Workspace,
+    host_array,
+    map_column_ranges,
+)
 from matl.aggregation.registry import register_rule
 from matl.errors import ConfigError
 
@@ -20,12 +27,24 @@ __all__ = ["TrimmedMean", "trimmed_mean"]
 def trimmed_mean(updates: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate-wise mean after dropping the ``f`` smallest and ``f`` largest values.
 
-    Each coordinate's values are sorted (in cache-sized column blocks, see
-    :func:`~matl.aggregation.order_stats.map_column_blocks`) and the mean is taken over the kept
-    order statistics ``u_{(f+1)k}, …, u_{(n−f)k}`` themselves. Nothing is subtracted, so the
-    result carries only the rounding of a plain mean of values that all lie between the kept
-    extremes, however large the trimmed values are (the "sum minus the trimmed sums" shortcut
-    would cancel catastrophically against a huge outlier).
+    The mean is taken over the kept order statistics ``u_{(f+1)k}, …, u_{(n−f)k}`` themselves.
+    Nothing is subtracted, so the result carries only the rounding of a plain mean of values that
+    all lie between the kept extremes, however large the trimmed values are (the "sum minus the
+    trimmed sums" shortcut would cancel catastrophically against a huge outlier).
+
+    Algorithm: the columns are processed in cache-sized blocks on a thread pool
+    (:func:`~matl.aggregation.order_stats.map_column_ranges`). Each block is copied transposed
+    into sorted runs (:class:`~matl.aggregation.order_stats.OrderStats`: one run per coordinate,
+    or two when a coordinate's values take 2–4 KiB, e.g. ``512 < n <= 1024`` float32 values, so
+    that every sort stays inside NumPy's in-register sorting network). The four boundary ranks ``f − 1, f, n − f − 1, n − f`` are
+    selected from the runs; the kept values, one contiguous slice of each sorted run, are summed
+    in sorted order (pairwise) run by run; and the rows trimmed in each coordinate are counted in
+    one comparison pass over the block in its original row-major layout.
+
+    The blocks run on up to ``torch.get_num_threads()`` worker threads (NumPy releases the GIL in
+    the sorts and the large passes). Tensors off the CPU, or in half precision, are processed in
+    host memory (half precision widened exactly to float32) and the results come back in the input
+    dtype and device.
 
     Parameters
     ----------
@@ -48,40 +67,48 @@ def trimmed_mean(updates: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Ten
         raise ValueError(f"trimmed_mean needs 0 <= f and n >= 2f + 1, got n={n}, f={f}")
     if f == 0:
         return updates.mean(dim=0), torch.zeros(n, dtype=torch.float64, device=updates.device)
-    out = torch.empty(d, dtype=updates.dtype, device=updates.device)
+    x = host_array(updates)
+    out = np.empty(d, dtype=x.dtype)
 
-    def block(start: int, stop: int, tile: torch.Tensor, srt: torch.Tensor) -> torch.Tensor:
-        out[start:stop] = srt[:, f : n - f].mean(dim=1)
-        lo = srt[:, f]
-        hi = srt[:, n - f - 1]
+    def block(start: int, stop: int, ws: Workspace) -> FloatArray:
+        cols = x[:, start:stop]
+        stats = OrderStats.of_columns(cols, ws)
+        below, lo, hi, above = stats.select([f - 1, f, n - f - 1, n - f])
+        # (the splits between the runs found for the selection are reused for the sum)
+        out[start:stop] = stats.sum_of_ranks(f, n - f) / (n - 2 * f)
         # Strictly outside [lo, hi]: trimmed whatever the ties.
-        outside = (tile < lo[:, None]) | (tile > hi[:, None])
-        counts = outside.sum(dim=0, dtype=torch.int32).to(torch.float64)
+        outside = np.less(cols, lo, out=ws.get("outside", cols.shape, bool))
+        outside |= np.greater(cols, hi, out=ws.get("above", cols.shape, bool))
+        counts: FloatArray = outside.sum(axis=1, dtype=np.int32).astype(np.float64)
         # Columns where a trimmed value equals a kept boundary value: share the trimming.
-        tied = (srt[:, f - 1] == lo) | (srt[:, n - f] == hi)
-        if bool(tied.any()):
-            counts += _tied_trimming(tile[tied], lo[tied], hi[tied], f)
+        tied = (below == lo) | (above == hi)
+        if tied.any():
+            counts += _tied_trimming(cols[:, tied], lo[tied], hi[tied], f)
         return counts
 
-    trimmed = torch.stack(map_column_blocks(updates, block)).sum(dim=0)
-    return out, trimmed
+    trimmed = np.sum(map_column_ranges(n, d, block), axis=0)
+    return (
+        torch.from_numpy(out).to(device=updates.device, dtype=updates.dtype),
+        torch.from_numpy(trimmed).to(device=updates.device),
+    )
 
 
-def _tied_trimming(tile: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, f: int) -> torch.Tensor:
-    """Trimmed share of the rows holding the boundary values ``lo``/``hi`` (``(c, n)`` tile)."""
-    n = tile.shape[1]
-    at_lo = tile == lo[:, None]
-    at_hi = tile == hi[:, None]
-    n_below = (tile < lo[:, None]).sum(dim=1).to(torch.float64)
-    n_above = (tile > hi[:, None]).sum(dim=1).to(torch.float64)
-    n_lo = at_lo.sum(dim=1).to(torch.float64)
-    n_hi = at_hi.sum(dim=1).to(torch.float64)
+def _tied_trimming(cols: FloatArray, lo: FloatArray, hi: FloatArray, f: int) -> FloatArray:
+    """Trimmed share of the rows holding the boundary values ``lo``/``hi`` (``(n, c)`` block)."""
+    n = cols.shape[0]
+    at_lo = cols == lo
+    at_hi = cols == hi
+    n_below = (cols < lo).sum(axis=0)
+    n_above = (cols > hi).sum(axis=0)
+    n_lo = at_lo.sum(axis=0)
+    n_hi = at_hi.sum(axis=0)
     same = lo == hi
     # Of the copies of lo, f - n_below are trimmed (ranks up to f); likewise at hi. When lo == hi
     # the single group keeps n - 2f of its copies.
-    frac_lo = torch.where(same, (n_lo - (n - 2 * f)) / n_lo, (f - n_below) / n_lo)
-    frac_hi = torch.where(same, torch.zeros_like(n_hi), (f - n_above) / n_hi)
-    return frac_lo @ at_lo.to(torch.float64) + frac_hi @ at_hi.to(torch.float64)
+    frac_lo = np.where(same, (n_lo - (n - 2 * f)) / n_lo, (f - n_below) / n_lo)
+    frac_hi = np.where(same, 0.0, (f - n_above) / n_hi)
+    share: FloatArray = at_lo.astype(np.float64) @ frac_lo + at_hi.astype(np.float64) @ frac_hi
+    return share
 
 
 def _trim_count(f: int | None, beta: float | None, n: int) -> int:
