@@ -355,6 +355,9 @@ def run_grpc(
     try:
         if ready is not None:
             ready(handle.port)
-        handle.server.wait_for_termination()
+        # Short waits so the main thread gets back to Python often enough for Ctrl-C/SIGINT
+        # to raise KeyboardInterrupt (a single blocking wait can swallow it).
+        while not handle.server.wait_for_termination(timeout=0.25):
+            pass
     finally:
         handle.stop(grace)
