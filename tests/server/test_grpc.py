@@ -398,8 +398,8 @@ def test_run_grpc_serves_until_interrupted(tmp_path: Path) -> None:
         assert reply.dim == DIM
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
-        assert "stopped" not in out  # KeyboardInterrupt propagates after the server stopped
-        assert "KeyboardInterrupt" in err
+        assert "stopped" in out, err  # run_grpc stopped the server and returned
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -336,7 +337,7 @@ def run_grpc(
     max_workers: int = 32,
     grace: float = 5.0,
 ) -> None:
-    """Serve ``service`` over gRPC until interrupted (blocks); for the command line.
+    """Serve ``service`` over gRPC until SIGINT/SIGTERM (blocks), then stop it and return.
 
     Parameters
     ----------
@@ -352,12 +353,15 @@ def run_grpc(
         Seconds in-flight RPCs get to finish when the server is interrupted.
     """
     handle = GRPCServerHandle(service, host, port, max_workers)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # Our own handlers: gRPC's core may otherwise swallow SIGINT, or not, depending on timing.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
     try:
         if ready is not None:
             ready(handle.port)
-        # Short waits so the main thread gets back to Python often enough for Ctrl-C/SIGINT
-        # to raise KeyboardInterrupt (a single blocking wait can swallow it).
-        while not handle.server.wait_for_termination(timeout=0.25):
+        while not stop.is_set() and not handle.server.wait_for_termination(timeout=0.25):
             pass
     finally:
         handle.stop(grace)
