@@ -3,6 +3,7 @@ around the median."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -29,6 +30,8 @@ from matl.errors import ConfigError
 __all__ = ["Bulyan", "bulyan_select", "closest_to_median_mean"]
 
 _SELECTIONS = ("krum", "multi_krum")
+#: Threads for sorting the rows of a large distance matrix.
+_MAX_SORT_WORKERS = 8
 
 #: A running Krum score is re-summed exactly once its accumulated rounding error bound exceeds
 #: this fraction of its value.
@@ -108,8 +111,23 @@ def _neighbour_order(
     about twice as fast as a stable one: Krum scores, and hence the rounds' winners, depend only
     on the sorted distances, which equal neighbours do not change.
     """
-    order = np.argsort(d64, axis=1)
-    near = np.take_along_axis(d64, order, axis=1)
+    n = d64.shape[0]
+    order = np.empty((n, n), dtype=np.intp)
+    near = np.empty_like(d64)
+
+    def rows(span: slice) -> None:
+        order[span] = np.argsort(d64[span], axis=1)
+        near[span] = np.take_along_axis(d64[span], order[span], axis=1)
+
+    # Rows are independent: large matrices are sorted in row blocks on a thread pool (NumPy
+    # releases the GIL while sorting).
+    workers = min(_MAX_SORT_WORKERS, torch.get_num_threads()) if n * n >= 1 << 18 else 1
+    spans = [slice(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
+    if workers == 1:
+        rows(spans[0])
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(rows, spans))
     return order, near
 
 
@@ -144,6 +162,7 @@ def _recursive_krum(
     error = score * (k * eps)
     span = np.arange(n - 1)[None, :]
     inf = np.inf
+    removed = np.zeros(n)  # 0 for the remaining rows, inf once selected
     current = np.empty(n)
     scratch = np.empty(n)
 
@@ -159,17 +178,16 @@ def _recursive_krum(
         remaining = n - step
         k = remaining - f - 2
         if k >= 1:
-            np.copyto(current, score)
-            current[~alive] = inf
+            current = np.add(score, removed, out=current)  # inf for the rows already selected
             # Every row whose true score could be the minimum, given the error bounds, is
             # re-summed exactly, so exact ties still go to the lowest index.
             bound = np.add(current, error, out=scratch).min() * (1.0 + 4.0 * eps)
-            contender = np.subtract(score, error, out=scratch) <= bound
-            contender &= alive
-            candidates = np.flatnonzero(contender)
+            candidates = np.flatnonzero(np.subtract(current, error, out=scratch) <= bound)
             if candidates.size > 1:
                 winner = int(candidates[np.argmin(exact_scores(candidates, k))])
-            else:
+            elif candidates.size == 1:  # the only possible minimum
+                winner = int(candidates[0])
+            else:  # no finite bound: every remaining score is infinite
                 winner = int(current.argmin())
         elif remaining > 1:  # floor at one neighbour: the nearest remaining other
             nearest = np.where(alive[None, :], d64, inf).min(axis=1)
@@ -178,6 +196,7 @@ def _recursive_krum(
             winner = int(np.flatnonzero(alive)[0])
         selected[step] = winner
         alive[winner] = False
+        removed[winner] = inf
         if step == theta - 1 or k - 1 < 1:
             continue
         # The round removes `winner` and lowers k by one. For a remaining row i:

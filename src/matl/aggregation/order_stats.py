@@ -32,6 +32,7 @@ Two ways of using a tile live here:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -271,7 +272,7 @@ class OrderStats:
         self.runs = runs
         self.length = length
         self._flat = runs.reshape(-1)
-        self._base = np.arange(c, dtype=np.intp) * (k * w)
+        self._base = _row_starts(c, k * w)
         self._splits: dict[int, NDArray[np.intp]] = {}  # count -> _taken, for reuse
 
     @classmethod
@@ -284,35 +285,40 @@ class OrderStats:
             out = workspace.get("runs", (c, *run_layout(m, block.dtype.itemsize)), block.dtype)
         return cls(column_runs(block, out=out), m)
 
-    def _taken(self, counts: NDArray[np.intp]) -> NDArray[np.intp]:
+    def _taken(self, counts: Sequence[int]) -> NDArray[np.intp]:
         """``(r, c)``: how many of the ``counts[j]`` smallest values of each row lie in run ``A``
         (remembered, so that later calls with the same counts cost nothing)."""
         todo = sorted({int(t) for t in counts} - self._splits.keys())
         if todo:
-            found = self._search(np.array(todo, dtype=np.intp))
-            self._splits.update(zip(todo, found, strict=True))
+            self._splits.update(zip(todo, self._search(todo), strict=True))
         return np.stack([self._splits[int(t)] for t in counts])
 
-    def _search(self, counts: NDArray[np.intp]) -> NDArray[np.intp]:
-        """The binary search behind :meth:`_taken`, for every row and count at once."""
+    def _search(self, counts: list[int]) -> NDArray[np.intp]:
+        """The binary search behind :meth:`_taken`, for every row and count at once.
+
+        The answer for count ``t`` lies in ``[lo, lo + size − 1]`` with the same ``size`` in
+        every row, so each step halves ``size`` everywhere (a branch-free search of fixed
+        length). A probe at ``p`` asks whether the answer is ``>= p``, i.e. whether
+        ``A[p − 1] <= B[t − p]``; both flat indices are tracked directly.
+        """
         w = self.runs.shape[2]
         b = self.length - w
-        # The answer for count t lies in [lo, lo + size - 1]; size is the same in every row, so
-        # each step halves it everywhere (a branch-free search of fixed length). A probe at p
-        # asks whether the answer is >= p, i.e. whether A[p - 1] <= B[t - p].
-        lo = np.maximum(counts - b, 0)
-        size = (np.minimum(counts, w) - lo + 1)[:, None]
-        found = np.repeat(lo[:, None], self._base.size, axis=1)
-        a_at = self._base - 1
-        b_at = (self._base + w)[None, :] + counts[:, None]
+        los = [max(t - b, 0) for t in counts]
+        sizes = [min(t, w) - lo + 1 for t, lo in zip(counts, los, strict=True)]
+        base = self._base
+        # at_a: flat index of A[found - 1]; B[t - found] sits at total - at_a.
+        at_a = np.add.outer(np.array(los) - 1, base)
+        total = np.add.outer(np.array(counts) + (w - 1), 2 * base)
         flat = self._flat
-        while size.size and size.max() > 1:
-            half = size // 2
-            probe = found + half
-            # Rows whose size is down to 1 probe with half = 0 (clamped reads; they cannot move).
-            ahead = flat.take(a_at + probe, mode="clip") <= flat.take(b_at - probe, mode="clip")
-            found = np.where(ahead, probe, found)
-            size -= half
+        while max(sizes) > 1:
+            halves = [size // 2 for size in sizes]
+            sizes = [size - half for size, half in zip(sizes, halves, strict=True)]
+            # Rows whose size is down to 1 probe with half = 0 (a clamped read; they stay).
+            step: Any = halves[0] if len(set(halves)) == 1 else np.array(halves)[:, None]
+            probe = at_a + step
+            ahead = flat.take(probe, mode="clip") <= flat.take(total - probe, mode="clip")
+            at_a += ahead * step
+        found: NDArray[np.intp] = at_a - (base - 1)
         return found
 
     def select(self, ranks: Sequence[int]) -> FloatArray:
@@ -321,13 +327,13 @@ class OrderStats:
             raise ValueError(f"ranks must lie in [0, {self.length}), got {list(ranks)}")
         if self.runs.shape[1] == 1:
             return np.ascontiguousarray(self.runs[:, 0, list(ranks)].T)
-        counts = np.asarray(ranks, dtype=np.intp) + 1
-        i = self._taken(counts)
-        j = counts[:, None] - i
-        w = self.runs.shape[2]
-        flat, base = self._flat, self._base
-        from_a = np.where(i > 0, flat.take(base + i - 1, mode="clip"), -np.inf)
-        from_b = np.where(j > 0, flat.take(base + w + j - 1, mode="clip"), -np.inf)
+        counts = [r + 1 for r in ranks]
+        i = self._taken(counts)  # the rank's value is max(A[i - 1], B[t - i - 1])
+        at_a = i + (self._base - 1)
+        at_b = np.add.outer(np.array(counts) + (self.runs.shape[2] - 1), self._base) - i
+        flat = self._flat
+        from_a = np.where(i > 0, flat.take(at_a, mode="clip"), -np.inf)
+        from_b = np.where(i < np.array(counts)[:, None], flat.take(at_b, mode="clip"), -np.inf)
         result: FloatArray = np.maximum(from_a, from_b).astype(self.runs.dtype, copy=False)
         return result
 
@@ -346,7 +352,7 @@ class OrderStats:
         if k == 1:
             total: FloatArray = self.runs[:, 0, lo:hi].sum(axis=1)
             return total
-        first, last = self._taken(np.array([lo, hi], dtype=np.intp))
+        first, last = self._taken([lo, hi])
         # A[first:last] and B[lo - first:hi - last] of every row, in increasing flat order.
         starts = np.stack([self._base + first, self._base + w + (lo - first)], axis=1)
         stops = np.stack([self._base + last, self._base + w + (hi - last)], axis=1)
@@ -371,6 +377,14 @@ def slice_sums(flat: FloatArray, starts: NDArray[np.intp], stops: NDArray[np.int
     sums[-1] = flat[starts[-1] : stops[-1]].sum()
     result: FloatArray = np.where(stops > starts, sums, 0)
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _row_starts(rows: int, stride: int) -> NDArray[np.intp]:
+    """``arange(rows) * stride`` (read-only, cached: every block of a call has the same shape)."""
+    starts = np.arange(rows, dtype=np.intp) * stride
+    starts.setflags(write=False)
+    return starts
 
 
 def map_column_ranges(
