@@ -144,3 +144,15 @@ def test_the_async_client_has_the_same_methods(service: ValidatorService) -> Non
         return [v.verdict for v in verdicts]
 
     assert asyncio.run(main()) == ["accepted"] * 4
+
+
+def test_urls_pick_their_transport_and_bad_schemes_are_refused() -> None:
+    from matl.client.base import resolve_async_transport, resolve_transport
+    from matl.errors import ConfigError
+
+    assert type(resolve_transport("http://127.0.0.1:1")).__name__ == "HTTPTransport"
+    assert type(resolve_transport("grpc://127.0.0.1:1")).__name__ == "GRPCTransport"
+    assert type(resolve_async_transport("ws://127.0.0.1:1")).__name__ == "AsyncWSTransport"
+    for bad in ("ftp://host", "127.0.0.1:8000"):
+        with pytest.raises(ConfigError, match="unsupported validator URL"):
+            MATLClient(bad)

@@ -14,6 +14,7 @@ for the stored receipt and returns it when its nonce and gradient hash are the o
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,37 +149,31 @@ class ClientCore:
         return int(body["round"]), vec
 
 
+#: URL scheme -> (module, blocking transport class, asyncio transport class, takes host:port only)
+_TRANSPORTS: dict[str, tuple[str, str, str, bool]] = {
+    "http": ("matl.client.http", "HTTPTransport", "AsyncHTTPTransport", False),
+    "https": ("matl.client.http", "HTTPTransport", "AsyncHTTPTransport", False),
+    "grpc": ("matl.client.grpc", "GRPCTransport", "AsyncGRPCTransport", True),
+    "ws": ("matl.client.ws", "WSTransport", "AsyncWSTransport", False),
+    "wss": ("matl.client.ws", "WSTransport", "AsyncWSTransport", False),
+}
+
+
+def _from_url(url: str, *, asynchronous: bool) -> Any:
+    scheme, sep, rest = url.partition("://")
+    entry = _TRANSPORTS.get(scheme.lower()) if sep else None
+    if entry is None:
+        raise ConfigError(f"unsupported validator URL {url!r}: use http://, grpc:// or ws://")
+    module, sync_cls, async_cls, bare = entry
+    cls = getattr(importlib.import_module(module), async_cls if asynchronous else sync_cls)
+    return cls(rest if bare else url)
+
+
 def resolve_transport(url: str) -> Any:
     """A blocking transport for ``http(s)://``, ``grpc://`` or ``ws(s)://`` URLs."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("http", "https"):
-        from matl.client.http import HTTPTransport
-
-        return HTTPTransport(url)
-    if scheme == "grpc":
-        from matl.client.grpc import GRPCTransport
-
-        return GRPCTransport(url.split("://", 1)[1])
-    if scheme in ("ws", "wss"):
-        from matl.client.ws import WSTransport
-
-        return WSTransport(url)
-    raise ConfigError(f"unsupported validator URL {url!r}: use http://, grpc:// or ws://")
+    return _from_url(url, asynchronous=False)
 
 
 def resolve_async_transport(url: str) -> Any:
     """An asyncio transport for ``http(s)://``, ``grpc://`` or ``ws(s)://`` URLs."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("http", "https"):
-        from matl.client.http import AsyncHTTPTransport
-
-        return AsyncHTTPTransport(url)
-    if scheme == "grpc":
-        from matl.client.grpc import AsyncGRPCTransport
-
-        return AsyncGRPCTransport(url.split("://", 1)[1])
-    if scheme in ("ws", "wss"):
-        from matl.client.ws import AsyncWSTransport
-
-        return AsyncWSTransport(url)
-    raise ConfigError(f"unsupported validator URL {url!r}: use http://, grpc:// or ws://")
+    return _from_url(url, asynchronous=True)
