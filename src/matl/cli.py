@@ -173,7 +173,9 @@ def demo(
 
 @app.command()
 def matrix(
-    spec: Annotated[str, typer.Argument(help="Matrix TOML file, or a preset: quick, paper.")],
+    spec: Annotated[
+        str, typer.Argument(help="Matrix TOML file, or a preset: quick, paper, trust.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Results directory.")] = Path("runs/matrix"),
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: CPU count).")

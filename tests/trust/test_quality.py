@@ -11,6 +11,7 @@ import torch
 from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import PoGQSignal, Signal
+from matl.trust.base import SignalResult
 from matl.trust.quality import validation_losses
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
@@ -18,8 +19,15 @@ Rounds = Callable[..., Iterator[tuple[torch.Tensor, RoundContext]]]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-EXACT = PoGQSignal(path="exact")
-FAST = PoGQSignal(path="fast")
+
+def EXACT(u: torch.Tensor, ctx: RoundContext) -> SignalResult:
+    """One round of a fresh exact-path signal (the signal keeps per-client evidence)."""
+    return PoGQSignal(path="exact")(u, ctx)
+
+
+def FAST(u: torch.Tensor, ctx: RoundContext) -> SignalResult:
+    """One round of a fresh fast-path signal."""
+    return PoGQSignal(path="fast")(u, ctx)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,8 +41,9 @@ def test_is_a_signal() -> None:
     assert PoGQSignal().name == "pogq"
 
 
-@pytest.mark.parametrize("sig", [EXACT, FAST], ids=["exact", "fast"])
-def test_sign_flipped_updates_score_zero(honest_rounds: Rounds, sig: PoGQSignal) -> None:
+@pytest.mark.parametrize("path", ["exact", "fast"])
+def test_sign_flipped_updates_score_zero(honest_rounds: Rounds, path: str) -> None:
+    sig = PoGQSignal(path=path)  # type: ignore[arg-type]
     u, ctx = next(honest_rounds(1))
     u[:3] = -u[:3]
     res = sig(u, ctx)
@@ -43,11 +52,12 @@ def test_sign_flipped_updates_score_zero(honest_rounds: Rounds, sig: PoGQSignal)
     assert float(res.scores[3:].min()) > 0.5
 
 
-@pytest.mark.parametrize("sig", [EXACT, FAST], ids=["exact", "fast"])
+@pytest.mark.parametrize("path", ["exact", "fast"])
 @pytest.mark.parametrize("model", ["logreg", "mlp"])
-def test_holds_beyond_half_byzantine(honest_rounds: Rounds, sig: PoGQSignal, model: str) -> None:
-    """60 % sign-flipped: trust is anchored on validation data, so PoGQ still separates them
-    (a majority-based signal cannot: its centre is the attackers')."""
+def test_holds_beyond_half_byzantine(honest_rounds: Rounds, path: str, model: str) -> None:
+    """60 % sign-flipped for four rounds: trust is anchored on validation data, so PoGQ still
+    separates them (a majority-based signal cannot: its centre is the attackers')."""
+    sig = PoGQSignal(path=path)  # type: ignore[arg-type]
     for u, ctx in honest_rounds(4, model=model):
         n = u.shape[0]
         f = int(0.6 * n)
@@ -61,7 +71,7 @@ def test_scaled_update_fails_the_norm_guard(honest_rounds: Rounds) -> None:
     u, ctx = next(honest_rounds(1))
     u[0] *= 10.0
     res = FAST(u, ctx)
-    assert float(res.raw["norm_ratio"][0]) > FAST.norm_cap
+    assert float(res.raw["norm_ratio"][0]) > PoGQSignal().norm_cap
     assert float(res.raw["guard"][0]) == 0.0
     assert float(res.raw["delta"][0]) > float(res.raw["delta"][1:].max())  # first order: 10× gain
     assert float(res.scores[0]) == 0.0
@@ -171,23 +181,76 @@ def test_auto_matches_the_chosen_path(honest_rounds: Rounds) -> None:
 
 
 def test_score_mapping() -> None:
-    sig = PoGQSignal(reference_fraction=0.5)
+    sig = PoGQSignal(reference_fraction=0.5, harm_tolerance=0.0)
     g = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
-    # D = median of the positive guarded gains {0.5, 1, 2, 3} = 1.5; s = Δ / (0.5 · 1.5).
+    # D = median of the positive guarded gains {0.5, 1, 2, 3} = 1.5; x = Δ / D.
+    x = sig.normalise(g)
+    torch.testing.assert_close(x, g / 1.5)
+    # s = clip(x / β) with λ = 0.
     torch.testing.assert_close(
-        sig.map_scores(g),
+        sig.map_scores(x),
         torch.tensor([0.0, 0.0, 0.5 / 0.75, 1.0, 1.0, 1.0], dtype=torch.float64),
     )
     tolerant = PoGQSignal(reference_fraction=0.5, harm_tolerance=0.5)
-    s = tolerant.map_scores(g)
-    assert float(s[1]) == pytest.approx(0.5)  # Δ = 0 → λ / (β + λ)
-    assert float(s[0]) == 0.0  # Δ = −1 ≤ −λD = −0.75
-    mild = torch.tensor([-0.5, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)  # D = 1.5 again
-    assert float(tolerant.map_scores(mild)[0]) == pytest.approx((-0.5 + 0.75) / 1.5)
-    # Scale-free.
-    torch.testing.assert_close(sig.map_scores(7.0 * g), sig.map_scores(g))
-    # No improving update at all: everyone scores 0 (λ = 0).
-    assert sig.map_scores(-g.abs() - 1).tolist() == [0.0] * 6
+    s = tolerant.map_scores(x)
+    assert float(s[1]) == pytest.approx(0.5)  # x = 0 → λ / (β + λ)
+    assert float(s[0]) == 0.0  # x = −2/3 ≤ −λ
+    assert float(tolerant.map_scores(torch.tensor([-0.25]))[0]) == pytest.approx(0.25)
+    # Scale-free, and clipped at ±c.
+    torch.testing.assert_close(sig.normalise(7.0 * g), x)
+    assert PoGQSignal(evidence_clip=1.0).normalise(g).tolist()[-1] == 1.0
+    # No improving update at all: the reference is the median |Δ|, so the evidence is negative.
+    assert bool((sig.map_scores(sig.normalise(-g.abs() - 1)) == 0).all())
+    # Nothing moves the loss: evidence 0 for everyone.
+    assert sig.normalise(torch.zeros(3, dtype=torch.float64)).tolist() == [0.0] * 3
+
+
+def test_evidence_memory(honest_rounds: Rounds) -> None:
+    """Running evidence: bias-corrected EMA per client id; the first participation counts at face
+    value; α = 0 is memoryless; absent clients keep theirs."""
+    rounds = list(honest_rounds(3))
+    sig, memoryless = PoGQSignal(path="fast", memory=0.8), PoGQSignal(path="fast", memory=0.0)
+    xs = []
+    for u, ctx in rounds:
+        res = sig(u, ctx)
+        xs.append(res.raw["evidence"])
+        torch.testing.assert_close(memoryless(u, ctx).raw["running_evidence"], xs[-1])
+    torch.testing.assert_close(
+        res.raw["running_evidence"],
+        (0.128 * xs[0] + 0.16 * xs[1] + 0.2 * xs[2]) / (1 - 0.8**3),
+    )
+    # A client that switches to sign-flipping keeps part of its good record for a while ...
+    u, ctx = rounds[0]
+    flipped = u.clone()
+    flipped[0] = -flipped[0]
+    after = sig(flipped, ctx)
+    assert float(after.raw["evidence"][0]) < 0
+    assert float(after.raw["running_evidence"][0]) < float(res.raw["running_evidence"][0])
+    # ... and a new client id is judged on its first update alone.
+    renamed = dataclasses.replace(ctx, client_ids=tuple(range(100, 100 + u.shape[0])))
+    fresh = sig(flipped, renamed)
+    torch.testing.assert_close(fresh.raw["running_evidence"], fresh.raw["evidence"])
+    assert float(fresh.scores[0]) == 0.0
+
+
+def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
+    rounds = list(honest_rounds(3))
+    a = PoGQSignal(path="fast")
+    for u, ctx in rounds[:2]:
+        a(u, ctx)
+    b = PoGQSignal(path="fast")
+    b.load_state_dict(a.state_dict())
+    u, ctx = rounds[2]
+    assert torch.equal(a(u, ctx).scores, b(u, ctx).scores)
+    assert set(a.state_dict()) == {"client_ids", "mean", "weight"}
+    a.reset()
+    assert a.state_dict()["client_ids"] == []
+    with pytest.raises(ValueError):
+        a.load_state_dict({"x": 1})
+    bad = b.state_dict()
+    bad["weight"] = torch.zeros_like(bad["weight"])
+    with pytest.raises(ValueError, match="weights"):
+        a.load_state_dict(bad)
 
 
 def test_float32_and_float64(honest_rounds: Rounds) -> None:
@@ -254,18 +317,12 @@ def test_wrong_width_and_bad_rows(honest_rounds: Rounds) -> None:
         {"norm_guard": 4.0, "norm_cap": 3.0},
         {"reference_fraction": 0.0},
         {"harm_tolerance": -0.1},
+        {"memory": 1.0},
+        {"memory": -0.1},
+        {"evidence_clip": 0.0},
         {"chunk_elements": 0},
     ],
 )
 def test_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         PoGQSignal(**kwargs)  # type: ignore[arg-type]
-
-
-def test_stateless_interface() -> None:
-    sig = PoGQSignal()
-    assert sig.state_dict() == {}
-    sig.load_state_dict({})
-    sig.reset()
-    with pytest.raises(ValueError):
-        sig.load_state_dict({"x": 1})

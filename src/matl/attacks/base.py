@@ -93,6 +93,12 @@ class ModelAttack(Attack):
             )
         return out
 
+    def active(self, round: int) -> bool:
+        """Whether the Byzantine clients attack in round ``round`` (always, unless the attack has
+        an honest phase, like :class:`~matl.attacks.sleeper.Sleeper`). Detection is also scored
+        over the active rounds only (:func:`matl.metrics.detection.run_metrics`)."""
+        return True
+
     @abstractmethod
     def craft(
         self, honest: torch.Tensor, n_byzantine: int, ctx: AttackContext, rng: torch.Generator

@@ -38,7 +38,7 @@ from matl.errors import ConfigError
 from matl.experiments.config_io import load_toml, parse_toml, with_values
 from matl.sim.config import SimulationConfig
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "paper", "trust")
 
 
 @dataclass(frozen=True)

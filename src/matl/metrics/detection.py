@@ -9,6 +9,10 @@ ones,
     \\mathrm{TPR} = |F ∩ B| / |B|,\\qquad \\mathrm{FPR} = |F \\setminus B| / |\\bar B|,\\qquad
     \\mathrm{precision} = |F ∩ B| / |F|.
 
+``active_detection_rate`` is the TPR over the client-rounds in which the Byzantine client actually
+attacked (``RoundRecord.attacking``): a sleeper agent's honest phase is left out, since before the
+switch there is nothing to detect. For every other attack it equals ``detection_rate``.
+
 A rate whose denominator is empty is ``None`` (e.g. TPR with no Byzantine client sampled), never a
 made-up 0 or 1.
 """
@@ -28,6 +32,7 @@ class RunMetrics:
     final_accuracy: float | None
     best_accuracy: float | None
     detection_rate: float | None
+    active_detection_rate: float | None
     false_positive_rate: float | None
     precision: float | None
     rounds_to_target: int | None
@@ -60,6 +65,17 @@ def detection_counts(history: History) -> tuple[int, int, int, int]:
     return tp, fp, pos, neg
 
 
+def active_detection_counts(history: History) -> tuple[int, int]:
+    """``(true positives, attacking client-rounds)`` over the rounds' ``attacking`` clients (all
+    Byzantine clients when a record has no ``attacking`` field)."""
+    tp = pos = 0
+    for r in history.rounds:
+        attacking = set(r.byzantine if r.attacking is None else r.attacking)
+        pos += len(attacking)
+        tp += len(attacking & set(r.flagged))
+    return tp, pos
+
+
 def rounds_to_target(history: History, target: float) -> int | None:
     """1-based number of rounds until the test accuracy first reaches ``target`` (``None`` if never)."""
     for r in history.rounds:
@@ -79,6 +95,7 @@ def run_metrics(history: History, *, target_accuracy: float = 0.9) -> RunMetrics
         final_accuracy=accs[-1] if accs else None,
         best_accuracy=max(accs) if accs else None,
         detection_rate=_ratio(tp, pos),
+        active_detection_rate=_ratio(*active_detection_counts(history)),
         false_positive_rate=_ratio(fp, neg),
         precision=_ratio(tp, tp + fp),
         rounds_to_target=rounds_to_target(history, target_accuracy),

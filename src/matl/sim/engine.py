@@ -315,6 +315,9 @@ class Simulation:
             loss=loss,
             sampled=sampled.tolist(),
             byzantine=sampled[byz_rows].tolist(),
+            attacking=(
+                sampled[byz_rows].tolist() if self.attack is None or self.attack.active(rnd) else []
+            ),
             flagged=sampled[flagged].tolist(),
             rejected=sampled[~finite].tolist(),
             weights=weights.tolist(),

@@ -43,6 +43,10 @@ class RoundRecord:
         Attack success rate of a data attack with a test-time trigger (see
         :func:`matl.sim.attack_success_rate`) on the global model after this round; ``None`` if
         not evaluated or the attack has none.
+    attacking:
+        Ids of the sampled Byzantine clients that attacked this round: all of ``byzantine``,
+        except while an attack with an honest phase (``sleeper``) is inactive. ``None`` in
+        histories written before this field existed (read as ``byzantine``).
     verdicts:
         The trust engine's verdicts (``Verdict.as_dict()``: client id, score, reasons) for the
         clients it did not trust this round, when the rule gives verdicts (``"matl"``); ``None``
@@ -62,6 +66,7 @@ class RoundRecord:
     timing: dict[str, float]
     asr: float | None = None
     verdicts: list[dict[str, Any]] | None = None
+    attacking: list[int] | None = None
 
 
 @dataclass

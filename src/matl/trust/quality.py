@@ -20,14 +20,23 @@ and Zeno's stochastic descendant score (Xie, Koyejo, Gupta 2019), applied here p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError
-from matl.trust._util import check_number, check_rows, median, row_norms
+from matl.trust._util import (
+    assign_rows,
+    check_number,
+    check_rows,
+    check_state_keys,
+    grow,
+    median,
+    row_norms,
+    unique_keys,
+)
 from matl.trust.base import SignalResult
 
 __all__ = ["PoGQSignal", "validation_losses"]
@@ -104,27 +113,60 @@ class PoGQSignal:
     protects only while the attackers do not inflate their norms together (harmful directions are
     still caught: they give :math:`\Delta_i < 0`).
 
-    **Score.** With :math:`\tilde\Delta_i` the guarded improvement and the robust positive
-    reference :math:`D = \operatorname{med}\{\tilde\Delta_j : \tilde\Delta_j > 0\}` (the median
-    of the improvements; :math:`\operatorname{med}_j |\tilde\Delta_j|` when no update improves),
+    **Evidence memory.** One round's :math:`\Delta_i` is a noisy witness: with a validation batch
+    of 100 MNIST samples and Dirichlet(0.5) clients, honest updates had :math:`\Delta_i \le 0` in
+    about 30 % of the rounds, and one honest client's 30-round mean was :math:`-0.6\,D` (with 1 000
+    samples no honest client had a negative 30-round mean, and the lowest running mean below stayed
+    at :math:`+0.2\,D`). The signal therefore judges each client on its running evidence. With
+    :math:`\tilde\Delta_i` the guarded improvement and the round's robust positive reference
+    :math:`D = \operatorname{med}\{\tilde\Delta_j : \tilde\Delta_j > 0\}` (the median of the
+    improvements; :math:`\operatorname{med}_j |\tilde\Delta_j|` when no update improves), the
+    round's normalised evidence is :math:`x_i = \operatorname{clip}(\tilde\Delta_i / D, -c, c)`
+    (``evidence_clip`` :math:`c = 3`), and each client keeps
 
     .. math::
 
-        s_i = \operatorname{clip}\!\left(\frac{\tilde\Delta_i + \lambda D}{(\beta + \lambda) D},
+        m_i \leftarrow \alpha\, m_i + (1 - \alpha)\, x_i, \qquad
+        e_i = \frac{m_i}{1 - \alpha^{t_i}}, \qquad m_i = 0 \text{ before its first participation},
+
+    an exponential moving average with ``memory`` :math:`\alpha` (default 0.8: an effective memory
+    of about 5 participations), bias-corrected over the client's :math:`t_i` participations so far
+    (as in Adam), so the first participation counts at its face value and the early ones are a
+    plain weighted mean. :math:`\alpha = 0` is the memoryless score of one round. The
+    reference :math:`D` is computed from improving updates only, so harmful updates cannot move it
+    no matter how many there are, and :math:`x` is scale-free (invariant to rescaling the loss or
+    all updates together).
+
+    **Score.**
+
+    .. math::
+
+        s_i = \gamma(\rho_i)\,\operatorname{clip}\!\left(\frac{e_i + \lambda}{\beta + \lambda},
               \; 0, 1\right)
 
-    with ``reference_fraction`` :math:`\beta = 0.5` and ``harm_tolerance`` :math:`\lambda = 0`:
-    an update improving the loss by at least half the typical improvement scores 1, smaller gains
-    score proportionally, and any update that does not lower the loss (:math:`\Delta_i \le 0`)
-    scores 0. It is scale-free (invariant to rescaling the loss or all updates together) and, since
-    :math:`D` is computed from improving updates only, harmful updates cannot move it no matter how
-    many there are. :math:`\lambda > 0` grades mild harm instead (score :math:`\lambda/(\beta +
-    \lambda)` at :math:`\Delta = 0`, 0 at :math:`\Delta \le -\lambda D`): useful under strongly
-    non-IID data, where an honest client whose data is far from the validation distribution can
-    raise the validation loss slightly, while a sign-flipped typical update lands at
-    :math:`\Delta \approx -D`. As training converges all :math:`\Delta_i` shrink towards the
-    validation batch's noise and the score becomes less informative; the composite score and the
-    reputation layer smooth over that.
+    with ``reference_fraction`` :math:`\beta = 0.2` and ``harm_tolerance`` :math:`\lambda = 0.6`:
+    a client whose running evidence is at least a fifth of the typical improvement scores 1, one
+    at :math:`e_i = 0` (no net effect) scores 0.75, and the score reaches 0 at :math:`e_i \le
+    -0.6`. The factor :math:`\gamma(\rho_i)` of this round's norm ratio makes a boosted update
+    score low at once, whatever its history. Why a tolerance of mild harm: under Dirichlet(0.5)
+    some honest clients lower the validation loss on balance *less than not at all* — on real
+    MNIST (50 clients, 1 000 validation samples, 30 rounds, memory 0.8) 2 % of honest running
+    evidences were below :math:`-0.31` and 5 % below :math:`-0.11`, two clients staying negative
+    all run — while clients sending sign-flipped copies of their updates had a median of
+    :math:`-1.0` and a 90th percentile of :math:`-0.26`. With the composite's default weights and
+    ``safe_score`` 0.75 a client is flagged only when :math:`s_i < 0.375`, i.e. :math:`e_i <
+    -0.3`; :math:`\lambda = 0` (flag on any net harm) flagged 13 % of honest client-rounds in the
+    same setting, the memoryless score (:math:`\alpha = 0`, :math:`\beta = 0.5`, :math:`\lambda =
+    0`) 34 %. The evidence of a sign-flipped copy of an honest update mirrors the honest one on the
+    fast path (:math:`x = -x_{\text{honest}}`), so flipping an update that did not help is not
+    detected — nor does it harm. As training converges all :math:`\Delta_i` shrink towards the
+    validation batch's noise and the evidence accumulates more slowly; the reputation layer keeps
+    what the early rounds established.
+
+    **Condition.** The evidence is only as good as the validation batch: it must represent the
+    task, and it must be large enough that the noise of :math:`\nabla L_V` does not swamp an
+    honest client's contribution (see the measured numbers above; the trust benchmark uses 1 000
+    samples).
 
     What it catches: direction attacks (sign flip, label flip, noise, IPM with a large
     :math:`\epsilon`), boosted updates (guard), and it keeps working beyond 50 % Byzantine for
@@ -146,6 +188,10 @@ class PoGQSignal:
         :math:`\beta > 0`.
     harm_tolerance:
         :math:`\lambda \ge 0`.
+    memory:
+        :math:`\alpha \in [0, 1)`.
+    evidence_clip:
+        :math:`c > 0`.
     chunk_elements:
         Budget (entries) of one chunk's parameters and activations on the exact path.
 
@@ -153,6 +199,8 @@ class PoGQSignal:
     ------
     ConfigError
         ``ctx`` lacks ``validation``, ``model`` or ``global_params`` (the message names them).
+    InvalidUpdateError
+        Repeated client ids in one round.
 
     References
     ----------
@@ -168,9 +216,14 @@ class PoGQSignal:
     exact_budget: int = 50_000_000
     norm_guard: float = 3.0
     norm_cap: float = 6.0
-    reference_fraction: float = 0.5
-    harm_tolerance: float = 0.0
+    reference_fraction: float = 0.2
+    harm_tolerance: float = 0.6
+    memory: float = 0.8
+    evidence_clip: float = 3.0
     chunk_elements: int = 1 << 24
+    _state: _Evidence = field(
+        default_factory=lambda: _Evidence(), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.path not in ("auto", "exact", "fast"):
@@ -181,6 +234,8 @@ class PoGQSignal:
         check_number("pogq", "norm_cap", self.norm_cap, low=self.norm_guard, allow_inf=True)
         check_number("pogq", "reference_fraction", self.reference_fraction, low=0.0, low_open=True)
         check_number("pogq", "harm_tolerance", self.harm_tolerance, low=0.0)
+        check_number("pogq", "memory", self.memory, low=0.0, high=1.0, high_open=True)
+        check_number("pogq", "evidence_clip", self.evidence_clip, low=0.0, low_open=True)
         check_number("pogq", "chunk_elements", self.chunk_elements, low=1, integer=True)
 
     def resolve_path(self, n: int, d: int, batch: int) -> Literal["exact", "fast"]:
@@ -220,20 +275,49 @@ class PoGQSignal:
         )
         guard = self.guard(ratio)
         guarded = torch.where(delta > 0, delta * guard, delta)
-        scores = self.map_scores(guarded)
+        evidence = self.normalise(guarded)
+        running = self._remember(unique_keys(n, ctx, "pogq"), evidence)
+        scores = self.map_scores(running) * guard
         return SignalResult(
             scores=scores,
-            raw={"delta": delta, "norm_ratio": ratio, "guard": guard, "guarded_delta": guarded},
+            raw={
+                "delta": delta,
+                "norm_ratio": ratio,
+                "guard": guard,
+                "guarded_delta": guarded,
+                "evidence": evidence,
+                "running_evidence": running,
+            },
         )
 
-    def map_scores(self, guarded: torch.Tensor) -> torch.Tensor:
-        r"""Scores :math:`s_i` of the guarded improvements :math:`\tilde\Delta` (see the class)."""
+    def normalise(self, guarded: torch.Tensor) -> torch.Tensor:
+        r"""The round's evidence :math:`x_i = \operatorname{clip}(\tilde\Delta_i / D, -c, c)` of
+        the guarded improvements :math:`\tilde\Delta` (see the class); all 0 when every
+        :math:`\tilde\Delta` is 0."""
         positive = guarded[guarded > 0]
         ref = median(positive) if positive.numel() else median(guarded.abs())
-        beta, lam = self.reference_fraction, self.harm_tolerance
         if not ref > 0:  # every Δ is exactly 0 (or the reference underflowed)
-            return torch.full_like(guarded, lam / (beta + lam))
-        return ((guarded + lam * ref) / ((beta + lam) * ref)).clamp(0.0, 1.0)
+            return torch.zeros_like(guarded, dtype=torch.float64)
+        c = self.evidence_clip
+        return (guarded.to(torch.float64) / ref).clamp(-c, c)
+
+    def map_scores(self, evidence: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`\operatorname{clip}((e + \lambda)/(\beta + \lambda), 0, 1)` of running
+        evidence :math:`e` (before the norm-guard factor; see the class)."""
+        beta, lam = self.reference_fraction, self.harm_tolerance
+        return ((evidence + lam) / (beta + lam)).clamp(0.0, 1.0)
+
+    def _remember(self, keys: list[int], evidence: torch.Tensor) -> torch.Tensor:
+        """Fold this round's evidence into each client's running evidence; return the new
+        bias-corrected values :math:`e_i`."""
+        st = self._state
+        rows, _ = assign_rows(st.index, keys)
+        st.mean = grow(st.mean, len(st.index), 0.0)
+        st.weight = grow(st.weight, len(st.index), 0.0)
+        a = self.memory
+        st.mean[rows] = a * st.mean[rows] + (1.0 - a) * evidence
+        st.weight[rows] = a * st.weight[rows] + (1.0 - a)
+        return st.mean[rows] / st.weight[rows]
 
     def _exact(
         self,
@@ -275,16 +359,40 @@ class PoGQSignal:
             return -self.step * (updates.detach() @ grad[0].to(updates.dtype)).to(torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
-        """Empty: PoGQ keeps no state across rounds."""
-        return {}
+        """``{"client_ids", "mean", "weight"}``: the ids in row order, their biased moving averages
+        :math:`m_i` and the bias corrections :math:`1 - \\alpha^{t_i}` (copies)."""
+        st = self._state
+        return {"client_ids": list(st.index), "mean": st.mean.clone(), "weight": st.weight.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accept only the empty state."""
-        if state:
-            raise ValueError(f"pogq is stateless but got state keys {sorted(state)}")
+        """Restore :meth:`state_dict`'s output."""
+        check_state_keys("pogq", state, {"client_ids", "mean", "weight"})
+        ids = [int(c) for c in state["client_ids"]]
+        mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
+        weight = torch.as_tensor(state["weight"], dtype=torch.float64).clone()
+        if len(set(ids)) != len(ids) or mean.shape != (len(ids),) or weight.shape != mean.shape:
+            raise ValueError("pogq: state has repeated ids or evidence of the wrong shape")
+        if bool(((weight <= 0) | (weight > 1)).any()):
+            raise ValueError("pogq: state weights must be in (0, 1]")
+        st = self._state
+        st.index = {c: i for i, c in enumerate(ids)}
+        st.mean, st.weight = mean, weight
 
     def reset(self) -> None:
-        """Nothing to forget."""
+        """Forget every client's evidence."""
+        st = self._state
+        st.index = {}
+        st.mean = torch.zeros(0, dtype=torch.float64)
+        st.weight = torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass
+class _Evidence:
+    """Per-client rows of :class:`PoGQSignal`'s state."""
+
+    index: dict[int, int] = field(default_factory=dict)
+    mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
 
 
 def _require(
