@@ -239,6 +239,34 @@ def table(
     typer.echo(markdown(pivot(rows, index=keys, column=column, value=value)), nl=False)
 
 
+@app.command("trust-report")
+def trust_report_cmd(
+    results: Annotated[Path, typer.Argument(help="A `matl matrix trust` results directory.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default RESULTS/trust).")
+    ] = None,
+) -> None:
+    """Write the trust-engine benchmark report (targets, attack-free FPR, ablation) as report.md
+    plus a copy of results.csv."""
+    import shutil
+
+    from matl.experiments.trust_report import trust_report
+
+    path = results / "results.csv"
+    if not path.is_file():
+        raise _fail(ConfigError(f"no results at {str(path)!r}; run `matl matrix trust` first"))
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "active_detection_rate" not in rows[0]:
+        raise _fail(ConfigError(f"{str(path)!r} has no active_detection_rate column"))
+    target = out if out is not None else results / "trust"
+    target.mkdir(parents=True, exist_ok=True)
+    command = f"matl trust-report {results} --out {target}"
+    (target / "report.md").write_text(trust_report(rows, command=command))
+    shutil.copyfile(path, target / "results.csv")
+    typer.echo(f"wrote {target / 'report.md'} and {target / 'results.csv'}")
+
+
 @app.command()
 def report(
     results: Annotated[Path, typer.Argument(help="A matrix results directory.")],

@@ -82,3 +82,32 @@ def test_mean_ci() -> None:
     assert t_quantile_975(1000) == pytest.approx(1.96, abs=1e-3)
     with pytest.raises(ValueError):
         t_quantile_975(0)
+
+
+def test_active_detection_rate_leaves_out_rounds_without_attack() -> None:
+    h = _history()
+    # Without `attacking` (old histories) every Byzantine client-round counts.
+    assert run_metrics(h).active_detection_rate == run_metrics(h).detection_rate == 0.5
+    h.rounds[2].attacking = []  # the missed round was a sleeper's honest round
+    h.rounds[0].attacking = [0, 1]
+    h.rounds[1].attacking = [0]
+    m = run_metrics(h)
+    assert m.active_detection_rate == 2 / 3
+    assert m.detection_rate == 0.5
+
+
+def test_sleeper_simulation_records_its_honest_phase() -> None:
+    from matl.sim import Simulation
+
+    h = Simulation(
+        {
+            "dataset": "synthetic",
+            "clients": 10,
+            "rounds": 4,
+            "byzantine_fraction": 0.2,
+            "attack": "sleeper",
+            "attack_params": {"honest_rounds": 2},
+        }
+    ).run()
+    assert [len(r.attacking or []) for r in h.rounds] == [0, 0, 2, 2]
+    assert all(len(r.byzantine) == 2 for r in h.rounds)

@@ -1,0 +1,259 @@
+r"""The trust-engine benchmark report (issue 5): targets, attack-free false positives, ablation.
+
+Reads the rows of a ``matl matrix trust`` run (``results.csv``) and writes Markdown:
+
+1. **Targets.** For MATL Mode 1 and Mode 0, one line per attack and Byzantine fraction with the
+   mean over seeds of the detection rate over the rounds in which the Byzantine clients attacked
+   (``active_detection_rate``, :mod:`matl.metrics.detection`), the false-positive rate, the final
+   accuracy and its gap to attack-free FedAvg (same seeds), and whether the cell meets the targets:
+
+   .. math::
+
+       \text{TPR} \ge 0.95, \qquad \text{FPR} \le 0.02, \qquad
+       \text{acc} \ge \text{acc}_{\text{FedAvg, no attack}} - 0.02 .
+
+   Mode 0's targets apply up to 33 % Byzantine; its cells beyond are reported but not scored.
+2. **Attack-free.** Each defense's false-positive rate per seed (the target is 0 for every seed)
+   and final accuracy.
+3. **Ablation.** The same runs for the composite (Modes 0 and 1), each signal alone (the engine with
+   one signal's weight 1: threshold, reputation and cartel detection unchanged), FLTrust, Krum and
+   median: mean detection, false-positive rate and final accuracy per attack and fraction, and the
+   mean over all cells.
+
+A variant's label comes from its defense and ``defense_params`` (:func:`variant`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from matl.experiments.tables import markdown
+from matl.metrics.stats import mean_ci
+
+__all__ = ["TARGETS", "trust_report", "variant"]
+
+Row = dict[str, Any]
+
+#: The issue's targets: (minimum detection, maximum false-positive rate, maximum accuracy gap).
+TARGETS = (0.95, 0.02, 0.02)
+
+#: Signal weighted alone → label.
+_ALONE = {
+    "pogq": "PoGQ alone",
+    "peer": "peer alone",
+    "tcdm": "TCDM alone",
+    "entropy": "entropy alone",
+}
+
+#: Column order of the ablation.
+ORDER = (
+    "MATL Mode 1",
+    "MATL Mode 0",
+    "PoGQ alone",
+    "peer alone",
+    "TCDM alone",
+    "entropy alone",
+    "fltrust",
+    "krum",
+    "median",
+    "fedavg",
+)
+
+
+def _num(value: Any) -> float | None:
+    if value in (None, "", "None"):
+        return None
+    return float(value)
+
+
+def variant(row: Row) -> str:
+    """``MATL Mode 0/1`` for the composite, ``<signal> alone`` when exactly one signal has a
+    positive weight, else the defense name."""
+    if row.get("defense") != "matl":
+        return str(row.get("defense"))
+    weights = {
+        key.rsplit(".", 1)[1]: _num(value)
+        for key, value in row.items()
+        if key.startswith("defense_params.weights.") and _num(value)
+    }
+    if len(weights) == 1:
+        return _ALONE.get(next(iter(weights)), f"{next(iter(weights))} alone")
+    mode = _num(row.get("defense_params.mode"))
+    return f"MATL Mode {int(mode) if mode is not None else 1}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    ci = mean_ci(values)
+    return None if ci is None else ci.mean
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g} %"
+
+
+def _ok(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.get("status", "ok") in ("ok", "", None)]
+
+
+def _reference(rows: list[Row]) -> dict[str, float]:
+    """Attack-free FedAvg's final accuracy per seed."""
+    return {
+        str(r["seed"]): float(r["final_accuracy"])
+        for r in rows
+        if r["defense"] == "fedavg" and r["attack"] == "none" and _num(r["final_accuracy"])
+    }
+
+
+def _gap(rows: list[Row], reference: dict[str, float]) -> float | None:
+    """Mean over seeds of (attack-free FedAvg accuracy − this run's accuracy)."""
+    gaps = [
+        reference[str(r["seed"])] - float(r["final_accuracy"])
+        for r in rows
+        if str(r["seed"]) in reference and _num(r["final_accuracy"]) is not None
+    ]
+    return _mean(gaps)
+
+
+def _cells(rows: list[Row]) -> dict[tuple[str, str, float], list[Row]]:
+    cells: dict[tuple[str, str, float], list[Row]] = defaultdict(list)
+    for r in rows:
+        cells[(variant(r), r["attack"], float(r["byzantine_fraction"]))].append(r)
+    return cells
+
+
+def _targets(
+    cells: dict[tuple[str, str, float], list[Row]],
+    label: str,
+    attacks: list[str],
+    fractions: list[float],
+    reference: dict[str, float],
+    scored_up_to: float,
+) -> tuple[str, int, int]:
+    tpr_min, fpr_max, gap_max = TARGETS
+    table = [["attack", "Byzantine", "detection", "FPR", "final acc", "gap to FedAvg", "meets"]]
+    met = scored = 0
+    for attack in attacks:
+        for f in fractions:
+            rows = cells.get((label, attack, f), [])
+            if not rows:
+                continue
+            tpr = _mean([_num(r["active_detection_rate"]) for r in rows])
+            fpr = _mean([_num(r["false_positive_rate"]) for r in rows])
+            acc = _mean([_num(r["final_accuracy"]) for r in rows])
+            gap = _gap(rows, reference)
+            if f <= scored_up_to + 1e-9:
+                misses = [
+                    name
+                    for name, bad in (
+                        ("detection", tpr is None or tpr < tpr_min),
+                        ("FPR", fpr is None or fpr > fpr_max),
+                        ("accuracy", gap is None or gap > gap_max),
+                    )
+                    if bad
+                ]
+                verdict = "yes" if not misses else "no: " + ", ".join(misses)
+                scored += 1
+                met += not misses
+            else:
+                verdict = "(not a target)"
+            table.append(
+                [
+                    attack,
+                    _pct(f),
+                    _fmt(tpr),
+                    _fmt(fpr),
+                    _fmt(acc),
+                    "–" if gap is None else f"{gap * 100:+.1f} pp",
+                    verdict,
+                ]
+            )
+    return markdown(table), met, scored
+
+
+def _attack_free(rows: list[Row]) -> str:
+    by: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r["attack"] == "none":
+            by[variant(r)].append(r)
+    seeds = sorted({str(r["seed"]) for rs in by.values() for r in rs}, key=int)
+    table = [["defense", *(f"FPR seed {s}" for s in seeds), "max FPR", "final acc"]]
+    for label in [v for v in ORDER if v in by] + sorted(set(by) - set(ORDER)):
+        rs = by[label]
+        per_seed = {str(r["seed"]): _num(r["false_positive_rate"]) for r in rs}
+        values = [v for v in per_seed.values() if v is not None]
+        table.append(
+            [
+                label,
+                *(_fmt(per_seed.get(s)) for s in seeds),
+                _fmt(max(values) if values else None),
+                _fmt(_mean([_num(r["final_accuracy"]) for r in rs])),
+            ]
+        )
+    return markdown(table)
+
+
+def _ablation(
+    cells: dict[tuple[str, str, float], list[Row]],
+    attacks: list[str],
+    fractions: list[float],
+    metric: str,
+) -> str:
+    labels = [v for v in ORDER if any(k[0] == v and k[1] != "none" for k in cells)]
+    table = [["attack", "Byzantine", *labels]]
+    columns: dict[str, list[float | None]] = defaultdict(list)
+    for attack in attacks:
+        for f in fractions:
+            line = [attack, _pct(f)]
+            for label in labels:
+                value = _mean([_num(r[metric]) for r in cells.get((label, attack, f), [])])
+                columns[label].append(value)
+                line.append(_fmt(value))
+            table.append(line)
+    table.append(["**mean**", "", *(_fmt(_mean(columns[label])) for label in labels)])
+    return markdown(table)
+
+
+def trust_report(rows: Sequence[Row], *, command: str = "") -> str:
+    """The Markdown report of a ``matl matrix trust`` run (see the module docstring)."""
+    ok = _ok(list(rows))
+    reference = _reference(ok)
+    cells = _cells(ok)
+    attacks = list(dict.fromkeys(r["attack"] for r in ok if r["attack"] != "none"))
+    fractions = sorted({float(r["byzantine_fraction"]) for r in ok if r["attack"] != "none"})
+    tpr_min, fpr_max, gap_max = TARGETS
+    parts = ["# Trust-engine benchmark", ""]
+    if command:
+        parts += [f"Produced by `{command}`.", ""]
+    parts += [
+        f"{len(ok)} runs ({len(rows) - len(ok)} not ok). Detection is the rate over the rounds "
+        "in which the Byzantine clients attacked (a sleeper's honest phase is left out); every "
+        "number is the mean over seeds. Targets: detection ≥ "
+        f"{tpr_min:g}, false-positive rate ≤ {fpr_max:g}, final accuracy within "
+        f"{gap_max * 100:g} points of attack-free FedAvg (seeds: "
+        f"{', '.join(f'{k}: {v:.3f}' for k, v in sorted(reference.items()))}).",
+        "",
+    ]
+    for label, up_to in (("MATL Mode 1", 1.0), ("MATL Mode 0", 0.33)):
+        if not any(key[0] == label for key in cells):
+            continue
+        text, met, scored = _targets(cells, label, attacks, fractions, reference, up_to)
+        scope = "" if up_to >= 1.0 else f" (targets up to {_pct(up_to)})"
+        parts += [f"## {label}{scope}: {met} of {scored} cells meet every target", "", text, ""]
+    parts += [
+        "## Attack-free false-positive rates (target: 0 for every seed)",
+        "",
+        _attack_free(ok),
+    ]
+    for metric, title in (
+        ("active_detection_rate", "Ablation: detection rate"),
+        ("false_positive_rate", "Ablation: false-positive rate"),
+        ("final_accuracy", "Ablation: final accuracy"),
+    ):
+        parts += ["", f"## {title}", "", _ablation(cells, attacks, fractions, metric)]
+    return "\n".join(parts).rstrip() + "\n"

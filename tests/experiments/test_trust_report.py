@@ -1,0 +1,91 @@
+"""The trust benchmark report on hand-made result rows."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from matl.cli import app
+from matl.experiments.trust_report import trust_report, variant
+
+
+def _row(defense: str, attack: str, frac: float, seed: int, **kw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "status": "ok",
+        "defense": defense,
+        "attack": attack,
+        "byzantine_fraction": frac,
+        "seed": seed,
+        "defense_params.mode": "",
+        "defense_params.weights.pogq": "",
+        "defense_params.weights.peer": "",
+        "final_accuracy": 0.95,
+        "active_detection_rate": 1.0,
+        "false_positive_rate": 0.0,
+    }
+    row.update(kw)
+    return row
+
+
+def test_variant_labels() -> None:
+    assert variant(_row("krum", "none", 0, 0)) == "krum"
+    assert variant(_row("matl", "none", 0, 0, **{"defense_params.mode": "1"})) == "MATL Mode 1"
+    assert variant(_row("matl", "none", 0, 0, **{"defense_params.mode": 0})) == "MATL Mode 0"
+    alone = _row("matl", "none", 0, 0, **{"defense_params.weights.pogq": "1.0"})
+    assert variant(alone) == "PoGQ alone"
+
+
+def _rows() -> list[dict[str, Any]]:
+    rows = [_row("fedavg", "none", 0.0, s, final_accuracy=0.95) for s in (0, 1)]
+    for s in (0, 1):
+        rows.append(_row("matl", "none", 0.0, s, **{"defense_params.mode": 1}))
+        # Meets every target.
+        rows.append(_row("matl", "sign_flip", 0.2, s, **{"defense_params.mode": 1}))
+        # Misses detection and accuracy (gap 5 points).
+        rows.append(
+            _row(
+                "matl",
+                "gaussian",
+                0.2,
+                s,
+                active_detection_rate=0.5,
+                final_accuracy=0.90,
+                **{"defense_params.mode": 1},
+            )
+        )
+        rows.append(_row("krum", "sign_flip", 0.2, s, false_positive_rate=0.1 * (s + 1)))
+    rows.append(_row("median", "sign_flip", 0.2, 0, status="error"))
+    return rows
+
+
+def test_report_scores_the_targets() -> None:
+    text = trust_report(_rows(), command="matl trust-report x")
+    assert "## MATL Mode 1: 1 of 2 cells meet every target" in text
+    assert "| sign_flip | 20 % | 1.000 | 0.000 | 0.950 | +0.0 pp | yes |" in text
+    assert "| gaussian | 20 % | 0.500 | 0.000 | 0.900 | +5.0 pp | no: detection, accuracy |" in text
+    assert "MATL Mode 0" not in text  # no such runs
+    # Attack-free FPR per seed and the worst seed.
+    assert "| MATL Mode 1 | 0.000 | 0.000 | 0.000 | 0.950 |" in text
+    # Krum's FPR is the mean over seeds; the failed median run is left out.
+    assert "| sign_flip | 20 % | 0.000 | 0.150 |" in text
+    assert "(1 not ok)" in text
+
+
+def test_cli_writes_report(tmp_path: Path) -> None:
+    rows = _rows()
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with (tmp_path / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["trust-report", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text().startswith("# Trust-engine benchmark")
+    assert (out / "results.csv").is_file()
+    missing = CliRunner().invoke(app, ["trust-report", str(tmp_path / "nowhere")])
+    assert missing.exit_code != 0
+    assert "matl matrix trust" in missing.output
