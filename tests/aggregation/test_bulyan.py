@@ -255,3 +255,52 @@ def test_closest_to_median_many_rows(n: int, theta: int, dtype: torch.dtype, rou
     tol = 1e-6 if dtype == torch.float32 else 1e-13
     torch.testing.assert_close(mean.double(), expected_mean, rtol=tol, atol=tol)
     torch.testing.assert_close(credit, expected_credit, rtol=0, atol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    theta=st.integers(1, 300),
+    data=st.data(),
+    d=st.integers(1, 30),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from(DTYPES),
+    kind=st.sampled_from(["normal", "rounded", "three_values"]),
+)
+def test_closest_to_median_matches_a_full_sort_reference(
+    theta: int, data: st.DataObject, d: int, seed: int, dtype: torch.dtype, kind: str
+) -> None:
+    # θ below and above 256: window sums from the 0/1 indicator and from the sorted rows; odd
+    # and even θ; ties at the radius (rounded values, only three distinct values).
+    beta = data.draw(st.integers(1, theta), label="beta")
+    n = theta + data.draw(st.integers(0, 5), label="unselected")
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "three_values":
+        updates = torch.randint(0, 3, (n, d), generator=gen).to(torch.float64)
+    else:
+        updates = torch.randn(n, d, generator=gen, dtype=torch.float64) * 3
+        if kind == "rounded":
+            updates = torch.round(updates)
+    updates = updates.to(dtype)
+    rows = torch.sort(torch.randperm(n, generator=gen)[:theta]).values
+    mean, credit = closest_to_median_mean(updates, rows, beta)
+    # The reference sorts in the input's dtype, so distances round (and tie) the same way.
+    expected_mean, expected_credit = closest_reference(updates[rows], beta)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert mean.dtype == dtype
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=tol, atol=tol)
+    torch.testing.assert_close(credit, expected_credit, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("theta", [200, 301])
+def test_closest_to_median_threaded_blocks_match_a_reference(theta: int) -> None:
+    # Enough entries for the thread pool; quarter-rounded values tie at the radius in places.
+    gen = torch.Generator().manual_seed(theta)
+    n, d = theta + 9, 2**22 // theta + 999
+    updates = torch.round(torch.randn(n, d, generator=gen) * 4) / 4
+    rows = torch.sort(torch.randperm(n, generator=gen)[:theta]).values
+    beta = theta - 2 * (theta // 10)
+    mean, credit = closest_to_median_mean(updates, rows, beta)
+    expected_mean, expected_credit = closest_reference(updates[rows], beta)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(credit, expected_credit, rtol=1e-12, atol=1e-6)
+    assert float(credit.sum()) == pytest.approx(beta * d)
