@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.matl-installed
 
-.PHONY: setup demo test test-slow lint bench quick paper proto clean
+.PHONY: setup demo test test-slow lint bench quick paper trust proto clean
 
 # torch first (the local CPU build): the project's range then admits it, so nothing pulls a newer one.
 $(STAMP): pyproject.toml
@@ -48,6 +48,11 @@ quick: setup
 paper: setup
 	$(BIN)/matl matrix paper --out runs/paper --workers 2
 	$(BIN)/matl report runs/paper
+
+# Issue 5's trust-engine benchmark and ablation (894 runs, about 70 min on 2 cores).
+trust: setup
+	$(BIN)/matl matrix trust --out runs/trust --workers 2
+	$(BIN)/matl trust-report runs/trust --out docs/results/trust
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -136,7 +136,7 @@ def _targets(
     scored_up_to: float,
 ) -> tuple[str, int, int]:
     tpr_min, fpr_max, gap_max = TARGETS
-    table = [["attack", "Byzantine", "detection", "FPR", "final acc", "gap to FedAvg", "meets"]]
+    table = [["attack", "Byzantine", "detection", "FPR", "final acc", "below FedAvg", "meets"]]
     met = scored = 0
     for attack in attacks:
         for f in fractions:
