@@ -250,20 +250,22 @@ def trust_report_cmd(
     plus a copy of results.csv."""
     import shutil
 
-    from matl.experiments.trust_report import trust_report
+    from matl.experiments.report import load_rows
+    from matl.experiments.trust_report import check_columns, trust_report
 
-    path = results / "results.csv"
-    if not path.is_file():
-        raise _fail(ConfigError(f"no results at {str(path)!r}; run `matl matrix trust` first"))
-    with path.open() as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "active_detection_rate" not in rows[0]:
-        raise _fail(ConfigError(f"{str(path)!r} has no active_detection_rate column"))
-    target = out if out is not None else results / "trust"
+    path = results / "results.csv" if results.is_dir() else results
+    try:
+        rows = load_rows(results)
+        check_columns(rows, repr(str(path)))
+    except MATLError as exc:
+        raise _fail(exc) from None
+    target = out if out is not None else path.parent / "trust"
     target.mkdir(parents=True, exist_ok=True)
     command = f"matl trust-report {results} --out {target}"
     (target / "report.md").write_text(trust_report(rows, command=command))
-    shutil.copyfile(path, target / "results.csv")
+    copy = target / "results.csv"
+    if not (copy.exists() and copy.samefile(path)):
+        shutil.copyfile(path, copy)
     typer.echo(f"wrote {target / 'report.md'} and {target / 'results.csv'}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -243,7 +245,7 @@ def test_robust_to_f_far_outliers(
 @pytest.mark.parametrize(("n", "theta"), [(700, 600), (1000, 800), (1000, 799), (300, 200)])
 @pytest.mark.parametrize("rounded", [False, True])
 def test_closest_to_median_many_rows(n: int, theta: int, dtype: torch.dtype, rounded: bool) -> None:
-    # θ > 512 float32 values per coordinate: median and radius from two sorted runs.
+    # Many selected values per coordinate: window sums read from the sorted rows (θ >= 256).
     gen = torch.Generator().manual_seed(theta)
     updates = torch.randn(n, 200, generator=gen, dtype=dtype)
     if rounded:
@@ -291,8 +293,33 @@ def test_closest_to_median_matches_a_full_sort_reference(
     torch.testing.assert_close(credit, expected_credit, rtol=1e-12, atol=1e-9)
 
 
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """At least two torch threads, so that the thread-pool paths run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(before, 2))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_threaded_neighbour_sort_matches_the_serial_one(two_threads: None, rounded: bool) -> None:
+    # n² >= 2^18 sorts the distance rows in blocks on threads; the result must not depend on it.
+    n, f = 520, 40
+    gen = torch.Generator().manual_seed(n)
+    updates = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+    if rounded:  # exact ties between distances and scores
+        updates = torch.round(updates)
+    dist = pairwise_sq_distances(updates)
+    threaded = bulyan_select(dist, f, n - 2 * f)
+    torch.set_num_threads(1)
+    serial = bulyan_select(dist, f, n - 2 * f)
+    assert torch.equal(threaded[0], serial[0])
+    assert torch.equal(threaded[1], serial[1])
+
+
 @pytest.mark.parametrize("theta", [200, 301])
-def test_closest_to_median_threaded_blocks_match_a_reference(theta: int) -> None:
+def test_closest_to_median_threaded_blocks_match_a_reference(two_threads: None, theta: int) -> None:
     # Enough entries for the thread pool; quarter-rounded values tie at the radius in places.
     gen = torch.Generator().manual_seed(theta)
     n, d = theta + 9, 2**22 // theta + 999

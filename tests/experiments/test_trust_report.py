@@ -74,18 +74,43 @@ def test_report_scores_the_targets() -> None:
     assert "(1 not ok)" in text
 
 
-def test_cli_writes_report(tmp_path: Path) -> None:
-    rows = _rows()
+def test_zero_reference_accuracy_is_a_reference() -> None:
+    rows = [
+        _row("fedavg", "none", 0.0, 0, final_accuracy=0.0),
+        _row("matl", "sign_flip", 0.2, 0, final_accuracy=0.0),
+    ]
+    text = trust_report(rows, command="x")
+    assert "| sign_flip | 20 % | 1.000 | 0.000 | 0.000 | +0.0 pp | yes |" in text
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with (tmp_path / "results.csv").open("w", newline="") as fh:
+    with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def test_cli_writes_report(tmp_path: Path) -> None:
+    _write(tmp_path / "results.csv", _rows())
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["trust-report", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "report.md").read_text().startswith("# Trust-engine benchmark")
-    assert (out / "results.csv").is_file()
+    assert (out / "results.csv").read_text() == (tmp_path / "results.csv").read_text()
+    # Writing next to the results keeps them.
+    same = CliRunner().invoke(app, ["trust-report", str(tmp_path), "--out", str(tmp_path)])
+    assert same.exit_code == 0, same.output
+    assert (tmp_path / "results.csv").read_text() == (out / "results.csv").read_text()
     missing = CliRunner().invoke(app, ["trust-report", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0
-    assert "matl matrix trust" in missing.output
+    assert "run `matl matrix` first" in " ".join(missing.output.split())
+
+
+def test_cli_names_missing_columns(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in r.items() if k != "active_detection_rate"} for r in _rows()]
+    _write(tmp_path / "results.csv", rows)
+    result = CliRunner().invoke(app, ["trust-report", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "lacks column(s) active_detection_rate" in " ".join(result.output.split())
+    assert not (tmp_path / "trust").exists()

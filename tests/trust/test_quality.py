@@ -231,6 +231,7 @@ def test_evidence_memory(honest_rounds: Rounds) -> None:
     fresh = sig(flipped, renamed)
     torch.testing.assert_close(fresh.raw["running_evidence"], fresh.raw["evidence"])
     assert float(fresh.scores[0]) == 0.0
+    assert float(after.scores[0]) > float(fresh.scores[0])
 
 
 def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
@@ -238,19 +239,45 @@ def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
     a = PoGQSignal(path="fast")
     for u, ctx in rounds[:2]:
         a(u, ctx)
-    b = PoGQSignal(path="fast")
+    b, fresh = PoGQSignal(path="fast"), PoGQSignal(path="fast")
     b.load_state_dict(a.state_dict())
     u, ctx = rounds[2]
-    assert torch.equal(a(u, ctx).scores, b(u, ctx).scores)
+    ra, rb, rf = a(u, ctx), b(u, ctx), fresh(u, ctx)
+    # The restored signal continues the saved evidence; a fresh one starts over.
+    assert torch.equal(ra.raw["running_evidence"], rb.raw["running_evidence"])
+    assert not torch.equal(ra.raw["running_evidence"], rf.raw["running_evidence"])
+    for key in ("mean", "weight"):
+        assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert set(a.state_dict()) == {"client_ids", "mean", "weight"}
     a.reset()
     assert a.state_dict()["client_ids"] == []
-    with pytest.raises(ValueError):
-        a.load_state_dict({"x": 1})
-    bad = b.state_dict()
-    bad["weight"] = torch.zeros_like(bad["weight"])
-    with pytest.raises(ValueError, match="weights"):
-        a.load_state_dict(bad)
+    # The memoryless signal's empty state restores no evidence.
+    b.load_state_dict({})
+    assert b.state_dict()["client_ids"] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"x": 1}, "state keys"),
+        ({"weight": [0.5, 0.0]}, "weights"),
+        ({"weight": [0.5, 1.5]}, "weights"),
+        ({"mean": [float("nan"), 0.0]}, "finite"),
+        ({"mean": [float("inf"), 0.0]}, "finite"),
+        ({"mean": [0.0]}, "shapes"),
+        ({"client_ids": [3, 3]}, "repeated"),
+        ({"client_ids": [3, 0.7]}, "not an integer"),
+        ({"client_ids": [3, "a"]}, "not an integer"),
+    ],
+)
+def test_load_state_rejects_bad_state(change: dict[str, object], match: str) -> None:
+    good: dict[str, object] = {"client_ids": [3, 4], "mean": [0.1, -0.2], "weight": [0.2, 0.36]}
+    state = change if "x" in change else {**good, **change}
+    sig = PoGQSignal(path="fast")
+    sig.load_state_dict(good)
+    with pytest.raises(ValueError, match=match):
+        sig.load_state_dict(state)
+    assert sig.state_dict()["client_ids"] == [3, 4]  # a rejected state changes nothing
 
 
 def test_float32_and_float64(honest_rounds: Rounds) -> None:

@@ -86,12 +86,12 @@ def bulyan_select(
     np.fill_diagonal(d64, np.inf)  # a row is not its own neighbour
     # Each row's neighbours by increasing distance; self (at inf) comes last.
     recursive = selection == "krum"
-    order, near, at_by_col, d64_by_col = _neighbour_order(d64, by_column=recursive)
+    order, near, at_by_col = _neighbour_order(d64, by_column=recursive)
     scores = near[:, :k].sum(axis=1)
     if not recursive:
         chosen = np.argsort(scores, kind="stable")[:theta]
     else:
-        chosen = _recursive_krum(d64, order, near, at_by_col, d64_by_col, scores, f, theta)
+        chosen = _recursive_krum(d64, order, near, at_by_col, scores, f, theta)
     return (
         torch.from_numpy(chosen.astype(np.int64)).to(device),
         torch.from_numpy(scores).to(device),
@@ -100,15 +100,15 @@ def bulyan_select(
 
 def _neighbour_order(
     d64: NDArray[np.float64], *, by_column: bool = False
-) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]:
-    """``(order, near, at_by_col, d64_by_col)``: each row's columns by increasing distance and
-    the distances in that order, both ``(n, n)`` and C-contiguous. The row itself (distance
-    ``inf``) sorts last; the last column is never used as a neighbour.
+) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.intp]]:
+    """``(order, near, at_by_col)``: each row's columns by increasing distance and the distances
+    in that order, both ``(n, n)`` and C-contiguous. The row itself (distance ``inf``) sorts last;
+    the last column is never used as a neighbour.
 
     With ``by_column`` (for :func:`_recursive_krum`), also ``at_by_col[j, i]``, where ``j`` sits
-    in row ``i``'s order as an index into the flat view of ``order`` (``i * n + position``), and
-    ``d64_by_col = d64.T``, both C-contiguous so that a round reads one row of each; otherwise
-    those two are empty.
+    in row ``i``'s order as an index into the flat view of ``order`` (``i * n + position``),
+    C-contiguous so that a round reads one row; otherwise it is empty. (The distances by column
+    are the rows of the symmetric ``d64`` itself.)
 
     The order among equal distances is left to NumPy's default (vectorised, unstable) argsort,
     about twice as fast as a stable one: Krum scores, and hence the rounds' winners, depend only
@@ -119,7 +119,6 @@ def _neighbour_order(
     near = np.empty_like(d64)
     size = n if by_column else 0
     at_by_col = np.empty((size, size), dtype=np.intp)
-    d64_by_col = np.empty((size, size), dtype=d64.dtype)
     positions = np.arange(n)
 
     def rows(span: slice) -> None:
@@ -128,10 +127,9 @@ def _neighbour_order(
         if by_column:
             first = positions[span, None] * n
             at_by_col[order[span], positions[span, None]] = first + positions
-            d64_by_col[:, span] = d64[span].T
 
     # Rows are independent: large matrices are sorted in row blocks on a thread pool (NumPy
-    # releases the GIL while sorting); each block writes its own columns of the by-column arrays.
+    # releases the GIL while sorting); each block writes its own columns of ``at_by_col``.
     workers = min(_MAX_SORT_WORKERS, torch.get_num_threads()) if n * n >= 1 << 18 else 1
     spans = [slice(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
     if workers == 1:
@@ -139,7 +137,7 @@ def _neighbour_order(
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(rows, spans))
-    return order, near, at_by_col, d64_by_col
+    return order, near, at_by_col
 
 
 def _recursive_krum(
@@ -147,7 +145,6 @@ def _recursive_krum(
     order: NDArray[np.intp],
     near: NDArray[np.float64],
     at_by_col: NDArray[np.intp],
-    d64_by_col: NDArray[np.float64],
     scores: NDArray[np.float64],
     f: int,
     theta: int,
@@ -234,7 +231,7 @@ def _recursive_krum(
         # * otherwise (it was the k-th or beyond): the score loses the k-th distance and the
         #   pointer moves back to the previous remaining neighbour.
         after = np.greater_equal(at_by_col[winner], at, out=flags)
-        lost = np.where(after, near_flat.take(at), d64_by_col[winner])
+        lost = np.where(after, near_flat.take(at), d64[winner])  # d64 is symmetric
         score -= lost
         error += np.multiply(np.abs(score, out=scratch), eps, out=scratch)
         after &= alive

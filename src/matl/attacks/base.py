@@ -95,8 +95,9 @@ class ModelAttack(Attack):
 
     def active(self, round: int) -> bool:
         """Whether the Byzantine clients attack in round ``round`` (always, unless the attack has
-        an honest phase, like :class:`~matl.attacks.sleeper.Sleeper`). Detection is also scored
-        over the active rounds only (:func:`matl.metrics.detection.run_metrics`)."""
+        an honest phase, like :class:`~matl.attacks.sleeper.Sleeper`). :func:`matl.metrics.detection
+        .run_metrics` reports detection over every round (``detection_rate``) and over the active
+        rounds only (``active_detection_rate``)."""
         return True
 
     @abstractmethod

@@ -29,15 +29,37 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from matl.errors import ConfigError
+from matl.experiments.report import _mean, _num, _pct
 from matl.experiments.tables import markdown
-from matl.metrics.stats import mean_ci
 
-__all__ = ["TARGETS", "trust_report", "variant"]
+__all__ = ["REQUIRED_COLUMNS", "TARGETS", "check_columns", "trust_report", "variant"]
 
 Row = dict[str, Any]
 
 #: The issue's targets: (minimum detection, maximum false-positive rate, maximum accuracy gap).
 TARGETS = (0.95, 0.02, 0.02)
+
+#: Columns of ``results.csv`` the report reads (beyond ``attack`` and ``defense``).
+REQUIRED_COLUMNS = (
+    "seed",
+    "byzantine_fraction",
+    "active_detection_rate",
+    "false_positive_rate",
+    "final_accuracy",
+)
+
+
+def check_columns(rows: Sequence[Row], source: str) -> None:
+    """Raise :class:`~matl.errors.ConfigError` naming the columns the report needs that ``rows``
+    (read from ``source``) lack; results written before ``active_detection_rate`` existed need
+    their matrix re-run."""
+    missing = [c for c in REQUIRED_COLUMNS if rows and c not in rows[0]]
+    if missing:
+        raise ConfigError(
+            f"{source} lacks column(s) {', '.join(missing)}; re-run the matrix with this version"
+        )
+
 
 #: Signal weighted alone → label.
 _ALONE = {
@@ -62,12 +84,6 @@ ORDER = (
 )
 
 
-def _num(value: Any) -> float | None:
-    if value in (None, "", "None"):
-        return None
-    return float(value)
-
-
 def variant(row: Row) -> str:
     """``MATL Mode 0/1`` for the composite, ``<signal> alone`` when exactly one signal has a
     positive weight, else the defense name."""
@@ -84,17 +100,8 @@ def variant(row: Row) -> str:
     return f"MATL Mode {int(mode) if mode is not None else 1}"
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    ci = mean_ci(values)
-    return None if ci is None else ci.mean
-
-
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:g} %"
 
 
 def _ok(rows: list[Row]) -> list[Row]:
@@ -106,7 +113,9 @@ def _reference(rows: list[Row]) -> dict[str, float]:
     return {
         str(r["seed"]): float(r["final_accuracy"])
         for r in rows
-        if r["defense"] == "fedavg" and r["attack"] == "none" and _num(r["final_accuracy"])
+        if r["defense"] == "fedavg"
+        and r["attack"] == "none"
+        and _num(r["final_accuracy"]) is not None
     }
 
 

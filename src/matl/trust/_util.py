@@ -6,6 +6,7 @@ Nothing here is part of the public API; the signals document the maths they buil
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,3 +145,21 @@ def check_state_keys(signal: str, state: dict[str, Any], expected: set[str]) -> 
         raise ValueError(
             f"{signal}: state keys {sorted(state)} do not match the expected {sorted(expected)}"
         )
+
+
+def state_client_ids(signal: str, ids: Any) -> list[int]:
+    """The ``client_ids`` of a saved state as distinct ints; ``ValueError`` for anything else
+    (repeats, non-integral numbers, booleans, strings)."""
+    out: list[int] = []
+    for c in ids:
+        if isinstance(c, bool) or not isinstance(c, numbers.Real):
+            raise ValueError(f"{signal}: state client id {c!r} is not an integer")
+        if isinstance(c, numbers.Integral):
+            out.append(int(c))
+        elif float(c).is_integer():  # False for NaN and ±inf too
+            out.append(int(float(c)))
+        else:
+            raise ValueError(f"{signal}: state client id {c!r} is not an integer")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{signal}: state has repeated client ids")
+    return out

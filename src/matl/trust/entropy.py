@@ -34,6 +34,7 @@ from matl.trust._util import (
     check_state_keys,
     grow,
     row_norms,
+    state_client_ids,
     unique_keys,
 )
 from matl.trust.base import SignalResult
@@ -265,12 +266,10 @@ class EntropySignal:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (for the same ``bits`` and ``window``)."""
         check_state_keys("entropy", state, {"client_ids", "recent", "symbols", "dim"})
-        ids = [int(c) for c in state["client_ids"]]
+        ids = state_client_ids("entropy", state["client_ids"])
         recent = torch.as_tensor(state["recent"], dtype=torch.float64).clone()
         symbols = torch.as_tensor(state["symbols"], dtype=torch.int64).clone()
         n = len(ids)
-        if len(set(ids)) != n:
-            raise ValueError("entropy: state has repeated client ids")
         if state["dim"] is not None and (
             recent.shape != (n, self.window, self.bits) or symbols.shape != (n, self.window)
         ):

@@ -35,6 +35,7 @@ from matl.trust._util import (
     grow,
     median,
     row_norms,
+    state_client_ids,
     unique_keys,
 )
 from matl.trust.base import SignalResult
@@ -115,9 +116,10 @@ class PoGQSignal:
 
     **Evidence memory.** One round's :math:`\Delta_i` is a noisy witness: with a validation batch
     of 100 MNIST samples and Dirichlet(0.5) clients, honest updates had :math:`\Delta_i \le 0` in
-    about 30 % of the rounds, and one honest client's 30-round mean was :math:`-0.6\,D` (with 1 000
-    samples no honest client had a negative 30-round mean, and the lowest running mean below stayed
-    at :math:`+0.2\,D`). The signal therefore judges each client on its running evidence. With
+    about 30 % of the rounds, and one honest client's 30-round mean was :math:`-0.6\,D`; 1 000
+    samples make single rounds less noisy, but a few honest clients still raise the validation
+    loss round after round (see the score below and ``docs/trust.md``). The signal therefore judges
+    each client on its running evidence rather than on one round. With
     :math:`\tilde\Delta_i` the guarded improvement and the round's robust positive reference
     :math:`D = \operatorname{med}\{\tilde\Delta_j : \tilde\Delta_j > 0\}` (the median of the
     improvements; :math:`\operatorname{med}_j |\tilde\Delta_j|` when no update improves), the
@@ -256,6 +258,7 @@ class PoGQSignal:
         check_rows(updates, "pogq")
         theta, x, y, model = _require(ctx)
         n, d = updates.shape
+        keys = unique_keys(n, ctx, "pogq")
         if theta.numel() != d:
             raise ConfigError(f"pogq: updates have d={d} but global_params has {theta.numel()}")
         norms = row_norms(updates, "pogq")
@@ -276,7 +279,7 @@ class PoGQSignal:
         guard = self.guard(ratio)
         guarded = torch.where(delta > 0, delta * guard, delta)
         evidence = self.normalise(guarded)
-        running = self._remember(unique_keys(n, ctx, "pogq"), evidence)
+        running = self._remember(keys, evidence)
         scores = self.map_scores(running) * guard
         return SignalResult(
             scores=scores,
@@ -365,14 +368,23 @@ class PoGQSignal:
         return {"client_ids": list(st.index), "mean": st.mean.clone(), "weight": st.weight.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output."""
+        """Restore :meth:`state_dict`'s output. The empty state (saved by the earlier, memoryless
+        signal) restores no evidence, as :meth:`reset`."""
+        if not state:
+            self.reset()
+            return
         check_state_keys("pogq", state, {"client_ids", "mean", "weight"})
-        ids = [int(c) for c in state["client_ids"]]
+        ids = state_client_ids("pogq", state["client_ids"])
         mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
         weight = torch.as_tensor(state["weight"], dtype=torch.float64).clone()
-        if len(set(ids)) != len(ids) or mean.shape != (len(ids),) or weight.shape != mean.shape:
-            raise ValueError("pogq: state has repeated ids or evidence of the wrong shape")
-        if bool(((weight <= 0) | (weight > 1)).any()):
+        if mean.shape != (len(ids),) or weight.shape != mean.shape:
+            raise ValueError(
+                f"pogq: state has {len(ids)} client ids but evidence of shapes "
+                f"{tuple(mean.shape)} and {tuple(weight.shape)}"
+            )
+        if not bool(torch.isfinite(mean).all()):
+            raise ValueError("pogq: state evidence must be finite")
+        if not bool(((weight > 0) & (weight <= 1)).all()):
             raise ValueError("pogq: state weights must be in (0, 1]")
         st = self._state
         st.index = {c: i for i, c in enumerate(ids)}

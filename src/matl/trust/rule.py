@@ -38,7 +38,8 @@ coordinate-wise median of all updates (liveness over safety), again with uniform
 client flagged.
 
 **Measured calibration** (synthetic Gaussian task, MLP and logistic regression, 12 and 30 clients,
-8 rounds × 4 seeds per setting, defaults): without any attack Mode 0 flagged nobody on IID and
+8 rounds × 4 seeds per setting; measured with the earlier memoryless PoGQ, not re-run since PoGQ
+keeps running evidence): without any attack Mode 0 flagged nobody on IID and
 Dirichlet(0.5) partitions, and Mode 1 nobody on IID partitions. With 30 % sign flippers (scale 4)
 both modes flagged all of them and no honest client on IID data, and kept the attack-free
 accuracy. Copies of one honest client (``mimic``) flag that client too: it is indistinguishable

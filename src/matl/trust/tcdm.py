@@ -34,6 +34,7 @@ from matl.trust._util import (
     check_state_keys,
     grow,
     robust_z,
+    state_client_ids,
     unique_keys,
     unit_rows,
 )
@@ -193,11 +194,14 @@ class TemporalSignal:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
         check_state_keys("temporal", state, {"client_ids", "history", "dim"})
-        ids = [int(c) for c in state["client_ids"]]
+        ids = state_client_ids("temporal", state["client_ids"])
         hist = torch.as_tensor(state["history"], dtype=torch.float64).clone()
         dim = state["dim"]
-        if len(set(ids)) != len(ids) or hist.ndim != 2 or hist.shape[0] != len(ids):
-            raise ValueError("temporal: state has repeated ids or a history of the wrong shape")
+        if hist.ndim != 2 or hist.shape[0] != len(ids):
+            raise ValueError(
+                f"temporal: state has {len(ids)} client ids but a history of shape "
+                f"{tuple(hist.shape)}"
+            )
         if dim is not None and hist.shape[1] != dim:
             raise ValueError(f"temporal: history width {hist.shape[1]} != dim {dim}")
         st = self._state
