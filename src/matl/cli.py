@@ -432,7 +432,7 @@ def bench_aggregation_cmd(
     cells = [
         [r.rule, str(r.n), str(r.d), f"{r.seconds:.4f}", f"{r.ratio_to_mean:.1f}"]
         if not r.note
-        else [r.rule, str(r.n), str(r.d), "–", r.note[:60]]
+        else [r.rule, str(r.n), str(r.d), "–", r.note]
         for r in rows
     ]
     records = [dataclasses.asdict(r) for r in rows]
