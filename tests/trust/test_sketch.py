@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from matl.trust.sketch import count_sketch, gaussian_projection, sketch_or_identity
+from matl.errors import InvalidUpdateError
+from matl.trust._util import row_norms
+from matl.trust.sketch import (
+    count_sketch,
+    gaussian_projection,
+    round_sketch,
+    sketch_cosines,
+    sketch_or_identity,
+)
 from matl.trust.tcdm import pairwise_cosines
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -70,3 +78,46 @@ def test_gaussian_projection_is_cached_and_seeded() -> None:
     assert a.shape == (50, 4) and a.dtype == torch.float32
     assert not torch.equal(a, gaussian_projection(50, 4, 1, torch.float32))
     torch.testing.assert_close(a.double(), gaussian_projection(50, 4, 0, torch.float64))
+
+
+def test_round_sketch_is_computed_once_per_tensor_and_version() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 4000, generator=g)
+    a = round_sketch(x, 64, seed=1)
+    assert round_sketch(x, 64, seed=1) is a  # shared within the round
+    assert torch.equal(a, count_sketch(x, 64, seed=1))
+    assert round_sketch(x, 64, seed=2) is not a  # another seed is another sketch
+    twin = x.clone()
+    b = round_sketch(twin, 64, seed=1)
+    assert b is not a and torch.equal(a, b)  # equal values, another tensor: recomputed
+    x[0, 0] += 1.0  # in place: the version counter moves, the memo must not answer
+    c = round_sketch(x, 64, seed=1)
+    assert c is not a and torch.equal(c, count_sketch(x, 64, seed=1))
+    private = sketch_or_identity(x, 64, seed=1)
+    private.zero_()
+    assert round_sketch(x, 64, seed=1).abs().sum() > 0  # the private copy did not touch it
+
+
+def test_sketch_cosines_are_shared_and_keep_angles() -> None:
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(6, 5000, generator=g, dtype=torch.float64)
+    u[1] = u[0] * 3.0  # same direction
+    u[2] = 0.8 * u[0] + 0.6 * torch.randn(5000, generator=g, dtype=torch.float64)
+    cos = sketch_cosines(u, 256, seed=1)
+    assert sketch_cosines(u, 256, seed=1) is cos
+    assert cos[0, 1] == pytest.approx(1.0, abs=1e-9)
+    assert cos[0, 2] == pytest.approx(0.8, abs=0.1)
+    torch.testing.assert_close(cos, pairwise_cosines(count_sketch(u, 256, seed=1)))
+    v = torch.randn(3, 8, dtype=torch.float64, generator=g)  # small d: exact cosines
+    exact = torch.nn.functional.cosine_similarity(v[:, None], v[None], dim=2)
+    torch.testing.assert_close(sketch_cosines(v, 64), exact)
+
+
+def test_row_norms_are_shared_but_private_copies() -> None:
+    x = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    a = row_norms(x, "t")
+    a[0] = -1.0
+    torch.testing.assert_close(row_norms(x, "t"), torch.tensor([5.0, 1.0], dtype=torch.float64))
+    x[1, 1] = float("nan")
+    with pytest.raises(InvalidUpdateError, match="NaN or Inf"):
+        row_norms(x, "t")

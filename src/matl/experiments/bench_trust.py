@@ -19,7 +19,11 @@ The model is a multinomial logistic regression whose size matches ``d``: ``K = 1
 not a multiple of 10 is rounded down). The validation batch is ``validation`` synthetic samples
 (standard normal features, uniform labels), the updates small random deltas around a shared
 direction, and the global parameters the model's default initialisation, all seeded. The stateful
-parts keep their state across the timed calls (as across rounds).
+parts keep their state across the timed calls (as across rounds), and every call receives the
+updates as a new tensor object (a view: no copy), as a new round would, so nothing the signals share
+within a round (:func:`matl.trust.sketch.round_sketch`, the row norms) carries over from one timed
+call to the next. A component timed alone therefore pays for the sketch it reads; inside the whole
+rule the signals share one.
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ def bench_model(d: int) -> LogisticRegression:
     return LogisticRegression((max(1, d // NUM_CLASSES - 1),), NUM_CLASSES)
 
 
+def _call(
+    fn: Callable[[torch.Tensor, RoundContext], object], ctx: RoundContext, u: torch.Tensor
+) -> object:
+    return fn(u, ctx)
+
+
 def bench_trust(
     n: int = DEFAULT_N,
     d: int = DEFAULT_D,
@@ -91,18 +101,22 @@ def bench_trust(
         sample_counts=torch.ones(n),
     )
 
+    def fresh(fn: Callable[[torch.Tensor], object]) -> Callable[[], object]:
+        """``fn`` called on a new view of the updates each time (a new round's tensor)."""
+        return lambda: fn(updates.view(n, d))
+
     timed: list[tuple[str, Callable[[], object]]] = [
         ("mean", partial(torch.mean, updates, dim=0)),
         ("krum", partial(get_rule("krum", f=n // 10), updates, ctx)),
-        ("matl mode 0", partial(MATLRule(mode=0), updates, ctx)),
+        ("matl mode 0", fresh(partial(_call, MATLRule(mode=0), ctx))),
         (
             "matl mode 1 (fast)",
-            partial(MATLRule(mode=1, signal_params={"pogq": {"path": "fast"}}), updates, ctx),
+            fresh(partial(_call, MATLRule(mode=1, signal_params={"pogq": {"path": "fast"}}), ctx)),
         ),
     ]
     if exact:
         rule = MATLRule(mode=1, signal_params={"pogq": {"path": "exact"}})
-        timed.append(("matl mode 1 (exact)", partial(rule, updates, ctx)))
+        timed.append(("matl mode 1 (exact)", fresh(partial(_call, rule, ctx))))
     if components:
         params = MATLRule(mode=1).resolved_signal_params()
         parts: list[tuple[str, Any]] = [
@@ -115,9 +129,10 @@ def bench_trust(
             ("signal: tcdm", build_signal("tcdm")),
             ("signal: entropy", build_signal("entropy")),
         ]
-        timed += [(name, partial(sig, updates, ctx)) for name, sig in parts]
+        timed += [(name, fresh(partial(_call, sig, ctx))) for name, sig in parts]
         detector = CartelDetector()
-        timed.append(("cartel detector", partial(detector.update, updates, list(range(n)))))
+        ids = list(range(n))
+        timed.append(("cartel detector", fresh(lambda u: detector.update(u, ids))))
 
     seconds: dict[str, float] = {}
     for name, fn in timed:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +35,42 @@ def check_rows(updates: torch.Tensor, signal: str) -> None:
         raise InvalidUpdateError(f"{signal}: updates must be floating point, got {updates.dtype}")
 
 
+_MEMO_LOCK = threading.Lock()
+#: (kind, k, seed) → (weak reference to the input, its version counter, the result).
+_MEMO: dict[tuple[str, int | None, int], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+
+
+def round_memo(
+    kind: str, x: torch.Tensor, k: int | None, seed: int, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """``compute()``, or the result kept from the last call for the very same tensor ``x``
+    (identity and in-place version counter), ``kind``, ``k`` and ``seed``: one computation per
+    round however many signals ask. Only the latest tensor is kept per key; the memo holds a weak
+    reference, so a modified or freed tensor is never matched. Results are shared: read-only."""
+    key = (kind, k, int(seed))
+    version = x._version
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+        if hit is not None and hit[0]() is x and hit[1] == version:
+            return hit[2]
+    value = compute()
+    with _MEMO_LOCK:
+        _MEMO[key] = (weakref.ref(x), version, value)
+    return value
+
+
 def row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
-    """``(n,)`` float64 Euclidean norms of the rows; raises on rows holding NaN or Inf.
+    """``(n,)`` float64 Euclidean norms of the rows (a private copy); raises on rows holding NaN or
+    Inf.
 
     The norm runs in the input dtype (one pass, no ``(n, d)`` temporary); a row whose norm
-    overflows that dtype although its entries are finite is recomputed in float64.
+    overflows that dtype although its entries are finite is recomputed in float64. Computed once
+    per round for all signals (:func:`round_memo`).
     """
+    return round_memo("norms", updates, None, 0, lambda: _row_norms(updates, signal)).clone()
+
+
+def _row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
     norms: torch.Tensor = torch.linalg.vector_norm(updates, dim=1).to(torch.float64)
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):

@@ -5,21 +5,14 @@ never near-identical round after round; sybils and colluders replaying one craft
 
 Per round
 ---------
-1. **Sketch** (a seeded Gaussian Johnson–Lindenstrauss projection): :math:`Su = P^\top u` with
-   :math:`P \in \mathbb R^{d \times k}`, :math:`k =` ``dim``, entries i.i.d. :math:`\mathcal N(0, 1)`
-   drawn from ``(seed, d, k)``. For two updates with cosine :math:`\rho`, the pairs
-   :math:`(g_b^\top u, g_b^\top v)` over the columns :math:`g_b` of :math:`P` are i.i.d. bivariate
-   normal with correlation :math:`\rho`, so the sketched cosine is a (non-centred) sample
-   correlation of :math:`k` pairs: it concentrates around :math:`\rho` with standard deviation
-   about :math:`(1 - \rho^2)/\sqrt{k}` whatever the structure of the updates, and identical updates
-   have identical sketches (cosine 1 exactly). With the default ``dim = 64`` an honest pair at
-   :math:`\rho = 0.9` sits about 4 standard deviations below ``tau = 0.99`` in one round, and
-   persistence (step 3) multiplies such rare single-round coincidences away. The sketch costs one
-   ``(n, d) × (d, k)`` product, :math:`O(ndk)` but memory-bound for small :math:`k` (about the
-   cost of reading the updates a few times), instead of :math:`O(n^2 d)` for exact pairwise
-   cosines; the pairwise cosines are then :math:`O(n^2 k)`. :math:`P` is generated in column
-   blocks and cached while it is small (``d·k <= 2²⁵`` entries). When ``d <= dim`` the exact
-   cosines are used.
+1. **Sketch**: pairwise cosines of the round's shared count sketch of width ``dim`` (default
+   1024; :func:`matl.trust.sketch.sketch_cosines`, the same matrix the community signal reads, so
+   the detector adds no pass over the updates). Identical updates have identical sketches (cosine
+   1 exactly), and the sketched cosine of two distinct updates errs by a few thousandths near 1
+   (the error shrinks with the distance between the unit vectors) and by about
+   :math:`1/\sqrt{k} \approx 0.03` for unrelated ones: an honest pair at :math:`\rho = 0.9`
+   stays far below ``tau = 0.99``, and persistence (step 3) multiplies any rare single-round
+   coincidence away. When ``d <= 4·dim`` the exact cosines are used.
 2. **Near-identical pairs**: :math:`\cos(Su_a, Su_b) \ge` ``tau``.
 3. **Persistence**: a pair's count :math:`c_{ab}` grows by 1 each round both clients take part and
    are near-identical, is reset to 0 when both take part and are not, and is unchanged when either
@@ -39,63 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from matl.errors import ConfigError
+from matl.trust.sketch import sketch_cosines
 
-__all__ = ["CartelDetector", "CartelReport", "gaussian_sketch", "sketch_cosines"]
-
-#: Rows of P generated (and multiplied) at once: 2²² entries, 16 MiB in float32.
-_BLOCK_ENTRIES = 1 << 22
-#: Largest P (entries) kept in the cache between rounds.
-_CACHE_ENTRIES = 1 << 25
-
-
-def _block(seed: int, d: int, dim: int, start: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
-    state = np.random.SeedSequence([seed, d, dim, start]).generate_state(2, np.uint32)
-    g = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
-    return torch.randn(rows, dim, generator=g, dtype=dtype)
-
-
-def gaussian_sketch(
-    updates: torch.Tensor, dim: int, seed: int = 0, *, cache: dict[Any, Any] | None = None
-) -> torch.Tensor:
-    r"""The Gaussian JL sketch :math:`P^\top u` of every row of ``updates`` ``(n, d)``: ``(n, dim)``
-    in the input dtype (see the module docstring). Same ``(seed, d, dim)``, same :math:`P`.
-
-    ``cache`` (a dict owned by the caller) keeps :math:`P` between calls while it is small.
-    """
-    n, d = updates.shape
-    rows = max(1, _BLOCK_ENTRIES // dim)
-    key = (seed, d, dim, updates.dtype)
-    blocks: list[torch.Tensor] | None = cache.get(key) if cache is not None else None
-    fresh: list[torch.Tensor] = []
-    out = torch.zeros(n, dim, dtype=updates.dtype, device=updates.device)
-    for i, start in enumerate(range(0, d, rows)):
-        stop = min(d, start + rows)
-        if blocks is not None:
-            p = blocks[i]
-        else:
-            p = _block(seed, d, dim, start, stop - start, updates.dtype)
-            fresh.append(p)
-        out.addmm_(updates[:, start:stop], p.to(updates.device))
-    if cache is not None and blocks is None and d * dim <= _CACHE_ENTRIES:
-        cache.clear()  # one model per run: keep only the latest projection
-        cache[key] = fresh
-    return out
-
-
-def sketch_cosines(
-    updates: torch.Tensor, dim: int, seed: int = 0, *, cache: dict[Any, Any] | None = None
-) -> torch.Tensor:
-    """``(n, n)`` float64 pairwise cosines of the rows' Gaussian sketches (exact cosines when
-    ``d <= dim``); a zero row has cosine 0 with everything."""
-    x = updates if updates.shape[1] <= dim else gaussian_sketch(updates, dim, seed, cache=cache)
-    x = x.to(torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    unit = x / torch.where(norms > 0, norms, 1.0)
-    return (unit @ unit.T).clamp(-1.0, 1.0)
+__all__ = ["CartelDetector", "CartelReport"]
 
 
 @dataclass(frozen=True)
@@ -136,18 +78,17 @@ class CartelDetector:
     min_size:
         Smallest cartel (``>= 2``).
     dim:
-        Sketch dimension (``>= 1``).
+        Sketch width (``>= 1``; see :func:`matl.trust.sketch.round_sketch`).
     seed:
-        Seed of the sketch's projection.
+        Seed of the sketch.
     """
 
     tau: float = 0.99
     min_rounds: int = 3
     min_size: int = 3
-    dim: int = 64
+    dim: int = 1024
     seed: int = 0
     _counts: dict[tuple[int, int], int] = field(default_factory=dict, init=False, repr=False)
-    _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         t = self.tau
@@ -165,7 +106,7 @@ class CartelDetector:
         if len(ids) != n or len(set(ids)) != n:
             raise ValueError(f"cartel update needs {n} distinct client ids, got {ids}")
         if n >= 2:
-            cos = sketch_cosines(updates, self.dim, self.seed, cache=self._cache)
+            cos = sketch_cosines(updates, self.dim, seed=self.seed).clone()
             cos.fill_diagonal_(-math.inf)
             max_cos = cos.max(dim=1).values
             near = torch.triu(cos >= self.tau, diagonal=1)

@@ -36,9 +36,10 @@ from matl.trust._util import (
     row_norms,
     state_client_ids,
     unique_keys,
+    unit_rows,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import gaussian_projection
+from matl.trust.sketch import gaussian_projection, round_sketch
 
 __all__ = ["EntropySignal", "window_entropy"]
 
@@ -77,10 +78,14 @@ class _Windows:
 class EntropySignal:
     r"""Normalised Shannon entropy of each client's recent behaviour symbols.
 
-    **Symbols.** Fix once, from ``seed``, a Gaussian matrix :math:`R \in \mathbb{R}^{d \times k}`
-    (``bits`` :math:`k = 16` columns). A participation of client :math:`i` is summarised by the
-    projection of its unit direction, :math:`p_i = R^\top u_i / \lVert u_i\rVert` (:math:`p_i = 0`
-    for a zero update); the client keeps its last :math:`W` projections. From its second
+    **Symbols.** Let :math:`z_i = S u_i` be the round's shared count sketch of the update
+    (:func:`~matl.trust.sketch.round_sketch`, width ``sketch_dim`` :math:`m = 1024`; the update
+    itself when :math:`d \le 4m` or ``sketch_dim=None``; the sketch keeps angles, so it changes
+    nothing below but the cost) and fix once, from ``seed``, a Gaussian matrix
+    :math:`R \in \mathbb{R}^{m \times k}` (``bits`` :math:`k = 16` columns). A participation of
+    client :math:`i` is summarised by the projection of its unit direction,
+    :math:`p_i = R^\top z_i / \lVert z_i\rVert` (:math:`p_i = 0` for a zero update); the client
+    keeps its last :math:`W` projections. From its second
     participation on, each participation emits one symbol:
 
     * ``REPEAT`` (the value :math:`2^k`) when :math:`\min_{q} \lVert p_i - q\rVert / \sqrt{k} \le`
@@ -143,8 +148,11 @@ class EntropySignal:
         Subtract the round's median change before coding.
     neutral:
         Score while a client has too few symbols, in ``[0, 1]``.
+    sketch_dim:
+        Width :math:`m \ge 1` of the shared count sketch projected, or ``None`` to project the
+        updates themselves (a :math:`d \times k` matrix; one extra pass over the updates).
     seed:
-        Seed of :math:`R` (treat it as a server secret).
+        Seed of the sketch and of :math:`R` (treat it as a server secret).
 
     References
     ----------
@@ -161,6 +169,7 @@ class EntropySignal:
     repeat_tol: float = 1e-3
     remove_drift: bool = True
     neutral: float = 1.0
+    sketch_dim: int | None = 1024
     seed: int = 0
     _state: _Windows = field(default_factory=_Windows, init=False, repr=False, compare=False)
 
@@ -178,6 +187,8 @@ class EntropySignal:
         check_number("entropy", "full_trust", self.full_trust, low=0.0, high=1.0, low_open=True)
         check_number("entropy", "repeat_tol", self.repeat_tol, low=0.0)
         check_number("entropy", "neutral", self.neutral, low=0.0, high=1.0)
+        if self.sketch_dim is not None:
+            check_number("entropy", "sketch_dim", self.sketch_dim, low=1, integer=True)
         check_number("entropy", "seed", self.seed, low=0, integer=True)
         if not isinstance(self.remove_drift, bool):
             raise ConfigError(f"entropy: remove_drift must be a bool, got {self.remove_drift!r}")
@@ -188,12 +199,12 @@ class EntropySignal:
         return 1 << self.bits
 
     def project(self, updates: torch.Tensor) -> torch.Tensor:
-        r"""``(n, k)`` float64 projections :math:`p_i = R^\top u_i / \lVert u_i\rVert`."""
-        norms = row_norms(updates, "entropy")
-        r = gaussian_projection(updates.shape[1], self.bits, self.seed, updates.dtype)
-        with torch.no_grad():
-            proj = (updates.detach() @ r).to(torch.float64)
-        return proj / torch.where(norms > 0, norms, 1.0).unsqueeze(1)
+        r"""``(n, k)`` float64 projections :math:`p_i = R^\top z_i / \lVert z_i\rVert` of the
+        round's sketch :math:`z` (see the class)."""
+        row_norms(updates, "entropy")  # rejects NaN/Inf rows (shared with the other signals)
+        z = round_sketch(updates, self.sketch_dim, seed=self.seed)
+        r = gaussian_projection(z.shape[1], self.bits, self.seed, torch.float64)
+        return unit_rows(z) @ r
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> SignalResult:
         """Emit this round's symbols, then score every client by the entropy of its window."""

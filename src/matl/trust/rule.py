@@ -202,7 +202,7 @@ class MATLRule(AggregationRule):
     cartel_tau: float = 0.99
     cartel_min_rounds: int = 3
     cartel_min_size: int = 3
-    cartel_dim: int = 64
+    cartel_dim: int = 1024
     cartel_weight: float = 0.1
     validators: int = 1
     lying_validators: int = 0

@@ -33,6 +33,17 @@ sketch whose hash is constant on runs; because every coordinate keeps its own ra
 estimator stays unbiased, and the random run-to-bucket map spreads any layer of the model over all
 buckets.
 
+One sketch per round
+--------------------
+Every direction-based part of the trust engine — temporal consistency, community diversity, the
+cartel detector and the entropy signal's sign codes — reads the same round's sketch. :func:`round_sketch`
+computes it once per ``(updates, k, seed)`` and hands the same tensor to every later caller in the
+round, and :func:`sketch_cosines` does the same for its :math:`n \times n` cosine matrix; so a round
+costs one pass over the updates and one small Gram product for all of them, not one of each per
+signal. The memo holds a weak reference to the updates and their in-place version counter, so a
+modified or freed tensor is never matched (a new tensor at the same address is a different object).
+The shared results are read-only: callers that modify them must copy first.
+
 All randomness comes from ``seed``: the same ``(d, k, seed)`` gives the same sketch on every call
 and every machine. An adversary who knows the seed could craft updates whose sketches collide, so a
 deployment should treat the seed as a server secret.
@@ -44,7 +55,16 @@ import functools
 
 import torch
 
-__all__ = ["count_sketch", "gaussian_projection", "sketch_or_identity"]
+from matl.trust._util import round_memo, unit_rows
+
+__all__ = [
+    "count_sketch",
+    "gaussian_projection",
+    "pairwise_cosines",
+    "round_sketch",
+    "sketch_cosines",
+    "sketch_or_identity",
+]
 
 #: Longest run of coordinates summed as one unit of the two-level count sketch.
 _MAX_RUN = 32
@@ -111,12 +131,55 @@ def count_sketch(x: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
     return out.to(torch.float64)
 
 
+def _exact(x: torch.Tensor, k: int | None) -> bool:
+    return k is None or x.shape[1] <= 4 * k
+
+
+def round_sketch(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tensor:
+    """The round's shared ``(n, k)`` float64 view of the rows of ``x``: ``x`` itself (as float64)
+    when ``k`` is ``None`` or ``d ≤ 4k`` (exact and cheap), else its :func:`count_sketch` of width
+    ``k``. Computed once per ``(x, k, seed)`` (see "One sketch per round"); **read-only**."""
+    if k is not None and k < 1:
+        raise ValueError(f"sketch width must be >= 1, got {k}")
+    if _exact(x, k):
+        return round_memo("rows", x, None, 0, lambda: x.detach().to(torch.float64, copy=True))
+    assert k is not None
+    return round_memo("sketch", x, k, seed, lambda: count_sketch(x, k, seed=seed))
+
+
 def sketch_or_identity(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tensor:
-    """``x`` as float64 when ``k`` is ``None`` or ``d ≤ 4k`` (exact and cheap), else its
-    :func:`count_sketch` of width ``k``. Always a new tensor."""
-    if k is None or x.shape[1] <= 4 * k:
-        return x.detach().to(torch.float64, copy=True)
-    return count_sketch(x, k, seed=seed)
+    """A private copy of :func:`round_sketch` (the caller may modify it)."""
+    return round_sketch(x, k, seed=seed).clone()
+
+
+def pairwise_cosines(z: torch.Tensor) -> torch.Tensor:
+    r"""``(n, n)`` float64 cosines :math:`\hat z_i^\top \hat z_j` between the rows of ``z``, from
+    one Gram product of the unit rows :math:`\hat z_i = z_i / \lVert z_i\rVert` (in float64, so a
+    cosine near 1 keeps about 15 digits). By convention a zero row has cosine 1 with another zero
+    row (two empty updates are identical) and 0 with any other row.
+    """
+    z64 = z.to(torch.float64)
+    unit = unit_rows(z64)
+    cos = unit @ unit.T
+    zero = torch.linalg.vector_norm(z64, dim=1) == 0
+    if bool(zero.any()):
+        both = zero.unsqueeze(0) & zero.unsqueeze(1)
+        either = zero.unsqueeze(0) | zero.unsqueeze(1)
+        cos = torch.where(either, both.to(cos.dtype), cos)
+    return cos.clamp_(-1.0, 1.0)
+
+
+def sketch_cosines(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tensor:
+    """The round's shared ``(n, n)`` :func:`pairwise_cosines` of :func:`round_sketch` ``(x, k,
+    seed)``, computed once per round; **read-only** (copy before modifying)."""
+    width = None if _exact(x, k) else k
+    return round_memo(
+        "cosines",
+        x,
+        width,
+        seed if width is not None else 0,
+        lambda: pairwise_cosines(round_sketch(x, k, seed=seed)),
+    )
 
 
 @functools.lru_cache(maxsize=8)

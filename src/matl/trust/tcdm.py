@@ -25,7 +25,6 @@ from typing import Any, Literal
 import torch
 
 from matl.aggregation.base import RoundContext
-from matl.aggregation.distances import pairwise_sq_distances
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust._util import (
     assign_rows,
@@ -39,7 +38,7 @@ from matl.trust._util import (
     unit_rows,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import sketch_or_identity
+from matl.trust.sketch import pairwise_cosines, round_sketch, sketch_cosines
 
 __all__ = ["TCDM", "CommunitySignal", "TemporalSignal", "pairwise_cosines"]
 
@@ -144,7 +143,7 @@ class TemporalSignal:
         check_rows(updates, "temporal")
         n = updates.shape[0]
         keys = unique_keys(n, ctx, "temporal")
-        z = sketch_or_identity(updates, self.sketch_dim, seed=self.seed)
+        z = round_sketch(updates, self.sketch_dim, seed=self.seed)
         _check_finite(z, "temporal")
         unit = unit_rows(z)
         st = self._state
@@ -217,24 +216,6 @@ class TemporalSignal:
         st.dim = None
 
 
-def pairwise_cosines(z: torch.Tensor) -> torch.Tensor:
-    r"""``(n, n)`` float64 cosines between the rows of ``z``, from one Gram product.
-
-    The rows are normalised and :func:`matl.aggregation.distances.pairwise_sq_distances` gives
-    :math:`D_{ij} = \lVert \hat z_i - \hat z_j\rVert^2`, so :math:`\cos_{ij} = 1 - D_{ij}/2`. By
-    convention a zero row has cosine 1 with another zero row (two empty updates are identical) and
-    0 with any other row.
-    """
-    unit = unit_rows(z.to(torch.float64))
-    cos = 1.0 - 0.5 * pairwise_sq_distances(unit)
-    zero = torch.linalg.vector_norm(z, dim=1) == 0
-    if bool(zero.any()):
-        both = zero.unsqueeze(0) & zero.unsqueeze(1)
-        either = zero.unsqueeze(0) | zero.unsqueeze(1)
-        cos = torch.where(either, both.to(cos.dtype), cos)
-    return cos.clamp(-1.0, 1.0)
-
-
 @dataclass(frozen=True, kw_only=True)
 class CommunitySignal:
     r"""Community diversity: low scores for members of tight groups of near-identical updates.
@@ -269,11 +250,15 @@ class CommunitySignal:
 
     Cost: the Gram product is :math:`O(n^2 d)` (3.8 s at :math:`n = 1000, d = 10^5` on two CPU
     cores, 170 times a mean over the updates). For :math:`d > 4k` it runs on a seeded count
-    sketch of width ``sketch_dim`` :math:`k = 256` instead (:mod:`matl.trust.sketch`; one pass
-    over the updates plus :math:`O(n^2 k)`: 54 ms, 2.4 means), whose cosine error is a few thousandths near :math:`\cos = 1` (Johnson–
-    Lindenstrauss: the error of a sketched cosine shrinks with the distance between the unit
-    vectors) and about :math:`\pm 0.06` for unrelated updates, far below :math:`\tau`.
-    ``sketch_dim=None`` uses the exact Gram product.
+    sketch of width ``sketch_dim`` :math:`k = 1024` instead (:mod:`matl.trust.sketch`), whose
+    cosine error is a few thousandths near :math:`\cos = 1` (Johnson–Lindenstrauss: the error of a
+    sketched cosine shrinks with the distance between the unit vectors) and about :math:`\pm 0.03`
+    for unrelated updates, far below :math:`\tau`. The sketch and its cosine matrix are the
+    round's shared ones (:func:`~matl.trust.sketch.round_sketch`,
+    :func:`~matl.trust.sketch.sketch_cosines`), also read by the temporal signal, the cartel
+    detector and the entropy signal: with the defaults the round pays one pass over the updates and
+    one :math:`O(n^2 k)` Gram product for all four. ``sketch_dim=None`` uses the exact Gram
+    product.
 
     Parameters
     ----------
@@ -299,7 +284,7 @@ class CommunitySignal:
     tau: float = 0.99
     min_group: int = 3
     member_score: float = 0.2
-    sketch_dim: int | None = 256
+    sketch_dim: int | None = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -314,9 +299,8 @@ class CommunitySignal:
         """Score the ``(n, d)`` ``updates`` by the size of their near-identical groups."""
         check_rows(updates, "community")
         n = updates.shape[0]
-        z = sketch_or_identity(updates, self.sketch_dim, seed=self.seed)
-        _check_finite(z, "community")
-        cos = pairwise_cosines(z)
+        _check_finite(round_sketch(updates, self.sketch_dim, seed=self.seed), "community")
+        cos = sketch_cosines(updates, self.sketch_dim, seed=self.seed).clone()
         cos.fill_diagonal_(-math.inf)
         size = 1.0 + (cos >= self.tau).sum(dim=1).to(torch.float64)
         max_cos = cos.max(dim=1).values if n > 1 else torch.full((n,), -1.0, dtype=torch.float64)
