@@ -219,9 +219,12 @@ class PoGQSignal:
     norm_guard: float = 3.0
     norm_cap: float = 6.0
     reference_fraction: float = 0.2
-    harm_tolerance: float = 0.6
+    harm_tolerance: float = 2.0
     memory: float = 0.8
     evidence_clip: float = 3.0
+    consensus_fraction: float = 0.25
+    consensus_reference: float = 0.2
+    consensus_tolerance: float = 0.28
     chunk_elements: int = 1 << 24
     _state: _Evidence = field(
         default_factory=lambda: _Evidence(), init=False, repr=False, compare=False
@@ -238,6 +241,11 @@ class PoGQSignal:
         check_number("pogq", "harm_tolerance", self.harm_tolerance, low=0.0)
         check_number("pogq", "memory", self.memory, low=0.0, high=1.0, high_open=True)
         check_number("pogq", "evidence_clip", self.evidence_clip, low=0.0, low_open=True)
+        check_number("pogq", "consensus_fraction", self.consensus_fraction, low=0.0, high=1.0)
+        check_number(
+            "pogq", "consensus_reference", self.consensus_reference, low=0.0, low_open=True
+        )
+        check_number("pogq", "consensus_tolerance", self.consensus_tolerance, low=0.0)
         check_number("pogq", "chunk_elements", self.chunk_elements, low=1, integer=True)
 
     def resolve_path(self, n: int, d: int, batch: int) -> Literal["exact", "fast"]:
@@ -279,8 +287,11 @@ class PoGQSignal:
         guard = self.guard(ratio)
         guarded = torch.where(delta > 0, delta * guard, delta)
         evidence = self.normalise(guarded)
-        running = self._remember(keys, evidence)
-        scores = self.map_scores(running) * guard
+        cosine = self.consensus_cosines(updates, norms, evidence)
+        running, running_cos, scale = self._remember(keys, evidence, cosine)
+        quality = self.map_scores(running)
+        consensus = self.map_consensus(running_cos, scale)
+        scores = torch.minimum(quality, consensus) * guard
         return SignalResult(
             scores=scores,
             raw={
@@ -290,8 +301,45 @@ class PoGQSignal:
                 "guarded_delta": guarded,
                 "evidence": evidence,
                 "running_evidence": running,
+                "consensus_cosine": cosine,
+                "running_consensus": running_cos,
+                "consensus_scale": torch.full_like(running, scale),
+                "quality_score": quality,
+                "consensus_score": consensus,
             },
         )
+
+    def consensus_cosines(
+        self, updates: torch.Tensor, norms: torch.Tensor, evidence: torch.Tensor
+    ) -> torch.Tensor:
+        r"""Cosines :math:`c_i = \cos(u_i, r)` of every update to the round's validated consensus
+        :math:`r`, the mean unit direction of the :math:`\max(3, \lceil q n\rceil)` updates with
+        the best evidence this round (``consensus_fraction`` :math:`q`; all 0 when :math:`q = 0`).
+        One matrix–vector product over the updates."""
+        n = updates.shape[0]
+        if self.consensus_fraction == 0:
+            return torch.zeros(n, dtype=torch.float64)
+        k = min(n, max(3, math.ceil(self.consensus_fraction * n)))
+        top = torch.topk(evidence, k).indices
+        scale = torch.where(norms[top] > 0, 1.0 / norms[top].clamp_min(1e-300), 0.0)
+        with torch.no_grad():
+            ref = (scale.to(updates.dtype) @ updates[top].detach()) / k
+            ref_norm = float(torch.linalg.vector_norm(ref.to(torch.float64)))
+            if not ref_norm > 0:
+                return torch.zeros(n, dtype=torch.float64)
+            dots = (updates.detach() @ ref).to(torch.float64)
+        return torch.where(norms > 0, dots / (norms.clamp_min(1e-300) * ref_norm), 0.0).clamp(
+            -1.0, 1.0
+        )
+
+    def map_consensus(self, running_cos: torch.Tensor, scale: float) -> torch.Tensor:
+        r"""Consensus scores :math:`\operatorname{clip}((\bar c / C + \lambda_c)/(\beta_c +
+        \lambda_c), 0, 1)` of running cosines :math:`\bar c` in units of the running typical
+        cosine :math:`C` (see the class); all 1 when the consensus is off or :math:`C \le 0`."""
+        if self.consensus_fraction == 0 or not scale > 0:
+            return torch.ones_like(running_cos)
+        beta, lam = self.consensus_reference, self.consensus_tolerance
+        return ((running_cos / scale + lam) / (beta + lam)).clamp(0.0, 1.0)
 
     def normalise(self, guarded: torch.Tensor) -> torch.Tensor:
         r"""The round's evidence :math:`x_i = \operatorname{clip}(\tilde\Delta_i / D, -c, c)` of
@@ -310,17 +358,26 @@ class PoGQSignal:
         beta, lam = self.reference_fraction, self.harm_tolerance
         return ((evidence + lam) / (beta + lam)).clamp(0.0, 1.0)
 
-    def _remember(self, keys: list[int], evidence: torch.Tensor) -> torch.Tensor:
-        """Fold this round's evidence into each client's running evidence; return the new
-        bias-corrected values :math:`e_i`."""
+    def _remember(
+        self, keys: list[int], evidence: torch.Tensor, cosine: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Fold this round's evidence and consensus cosines into each client's running values
+        and the round's typical cosine into the running scale; return the new bias-corrected
+        :math:`(e_i, \bar c_i, C)`."""
         st = self._state
         rows, _ = assign_rows(st.index, keys)
         st.mean = grow(st.mean, len(st.index), 0.0)
+        st.cos = grow(st.cos, len(st.index), 0.0)
         st.weight = grow(st.weight, len(st.index), 0.0)
         a = self.memory
         st.mean[rows] = a * st.mean[rows] + (1.0 - a) * evidence
+        st.cos[rows] = a * st.cos[rows] + (1.0 - a) * cosine
         st.weight[rows] = a * st.weight[rows] + (1.0 - a)
-        return st.mean[rows] / st.weight[rows]
+        typical = _typical(cosine)
+        if typical > 0:
+            st.scale = [a * st.scale[0] + (1.0 - a) * typical, a * st.scale[1] + (1.0 - a)]
+        scale = st.scale[0] / st.scale[1] if st.scale[1] > 0 else 0.0
+        return st.mean[rows] / st.weight[rows], st.cos[rows] / st.weight[rows], scale
 
     def _exact(
         self,
@@ -362,49 +419,78 @@ class PoGQSignal:
             return -self.step * (updates.detach() @ grad[0].to(updates.dtype)).to(torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"client_ids", "mean", "weight"}``: the ids in row order, their biased moving averages
-        :math:`m_i` and the bias corrections :math:`1 - \\alpha^{t_i}` (copies)."""
+        """``{"client_ids", "mean", "cos", "weight", "scale"}``: the ids in row order, their biased
+        moving averages of evidence :math:`m_i` and of consensus cosines, the bias corrections
+        :math:`1 - \\alpha^{t_i}`, and ``[biased typical cosine, its correction]`` (copies)."""
         st = self._state
-        return {"client_ids": list(st.index), "mean": st.mean.clone(), "weight": st.weight.clone()}
+        return {
+            "client_ids": list(st.index),
+            "mean": st.mean.clone(),
+            "cos": st.cos.clone(),
+            "weight": st.weight.clone(),
+            "scale": list(st.scale),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. The empty state (saved by the earlier, memoryless
-        signal) restores no evidence, as :meth:`reset`."""
+        signal) restores no evidence, as :meth:`reset`; a state without ``cos`` and ``scale``
+        (saved before the consensus term) restores the evidence and starts the cosines at 0."""
         if not state:
             self.reset()
             return
-        check_state_keys("pogq", state, {"client_ids", "mean", "weight"})
+        if set(state) == {"client_ids", "mean", "weight"}:
+            state = {**state, "cos": None, "scale": [0.0, 0.0]}
+        check_state_keys("pogq", state, {"client_ids", "mean", "cos", "weight", "scale"})
         ids = state_client_ids("pogq", state["client_ids"])
         mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
         weight = torch.as_tensor(state["weight"], dtype=torch.float64).clone()
-        if mean.shape != (len(ids),) or weight.shape != mean.shape:
+        cos = (
+            torch.zeros_like(mean)
+            if state["cos"] is None
+            else torch.as_tensor(state["cos"], dtype=torch.float64).clone()
+        )
+        if mean.shape != (len(ids),) or weight.shape != mean.shape or cos.shape != mean.shape:
             raise ValueError(
                 f"pogq: state has {len(ids)} client ids but evidence of shapes "
-                f"{tuple(mean.shape)} and {tuple(weight.shape)}"
+                f"{tuple(mean.shape)}, {tuple(cos.shape)} and {tuple(weight.shape)}"
             )
-        if not bool(torch.isfinite(mean).all()):
+        if not bool(torch.isfinite(mean).all() & torch.isfinite(cos).all()):
             raise ValueError("pogq: state evidence must be finite")
         if not bool(((weight > 0) & (weight <= 1)).all()):
             raise ValueError("pogq: state weights must be in (0, 1]")
+        scale = [float(v) for v in state["scale"]]
+        if len(scale) != 2 or not all(math.isfinite(v) for v in scale) or not 0 <= scale[1] <= 1:
+            raise ValueError(f"pogq: state scale must be [finite, weight in [0, 1]], got {scale}")
         st = self._state
         st.index = {c: i for i, c in enumerate(ids)}
-        st.mean, st.weight = mean, weight
+        st.mean, st.cos, st.weight, st.scale = mean, cos, weight, scale
 
     def reset(self) -> None:
-        """Forget every client's evidence."""
+        """Forget every client's evidence and the consensus scale."""
         st = self._state
         st.index = {}
         st.mean = torch.zeros(0, dtype=torch.float64)
+        st.cos = torch.zeros(0, dtype=torch.float64)
         st.weight = torch.zeros(0, dtype=torch.float64)
+        st.scale = [0.0, 0.0]
 
 
 @dataclass
 class _Evidence:
-    """Per-client rows of :class:`PoGQSignal`'s state."""
+    """Per-client rows of :class:`PoGQSignal`'s state, and the running consensus scale."""
 
     index: dict[int, int] = field(default_factory=dict)
     mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    cos: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    #: ``[biased moving average of the typical cosine, its bias correction]``.
+    scale: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+
+def _typical(cosine: torch.Tensor) -> float:
+    """The round's typical consensus cosine: the median of the positive cosines (0 if none)."""
+    positive = cosine[cosine > 0]
+    return median(positive) if positive.numel() else 0.0
 
 
 def _require(
