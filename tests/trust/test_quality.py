@@ -245,15 +245,30 @@ def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
     ra, rb, rf = a(u, ctx), b(u, ctx), fresh(u, ctx)
     # The restored signal continues the saved evidence; a fresh one starts over.
     assert torch.equal(ra.raw["running_evidence"], rb.raw["running_evidence"])
+    assert torch.equal(ra.raw["running_consensus"], rb.raw["running_consensus"])
+    assert torch.equal(ra.scores, rb.scores)
     assert not torch.equal(ra.raw["running_evidence"], rf.raw["running_evidence"])
-    for key in ("mean", "weight"):
+    assert not torch.equal(ra.raw["running_consensus"], rf.raw["running_consensus"])
+    for key in ("mean", "cos", "weight"):
         assert torch.equal(a.state_dict()[key], b.state_dict()[key])
-    assert set(a.state_dict()) == {"client_ids", "mean", "weight"}
+    assert a.state_dict()["scale"] == b.state_dict()["scale"]
+    assert set(a.state_dict()) == {"client_ids", "mean", "cos", "weight", "scale"}
     a.reset()
     assert a.state_dict()["client_ids"] == []
+    assert a.state_dict()["scale"] == [0.0, 0.0]
     # The memoryless signal's empty state restores no evidence.
     b.load_state_dict({})
     assert b.state_dict()["client_ids"] == []
+
+
+def test_loads_state_saved_before_the_consensus_term() -> None:
+    sig = PoGQSignal(path="fast")
+    sig.load_state_dict({"client_ids": [3, 4], "mean": [0.1, -0.2], "weight": [0.2, 0.36]})
+    state = sig.state_dict()
+    assert state["client_ids"] == [3, 4]
+    torch.testing.assert_close(state["mean"], torch.tensor([0.1, -0.2], dtype=torch.float64))
+    assert state["cos"].tolist() == [0.0, 0.0]
+    assert state["scale"] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(
@@ -268,10 +283,21 @@ def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
         ({"client_ids": [3, 3]}, "repeated"),
         ({"client_ids": [3, 0.7]}, "not an integer"),
         ({"client_ids": [3, "a"]}, "not an integer"),
+        ({"cos": [float("nan"), 0.0]}, "finite"),
+        ({"cos": [0.0]}, "shapes"),
+        ({"scale": [0.1]}, "scale"),
+        ({"scale": [float("inf"), 0.5]}, "scale"),
+        ({"scale": [0.1, 1.5]}, "scale"),
     ],
 )
 def test_load_state_rejects_bad_state(change: dict[str, object], match: str) -> None:
-    good: dict[str, object] = {"client_ids": [3, 4], "mean": [0.1, -0.2], "weight": [0.2, 0.36]}
+    good: dict[str, object] = {
+        "client_ids": [3, 4],
+        "mean": [0.1, -0.2],
+        "cos": [0.05, 0.1],
+        "weight": [0.2, 0.36],
+        "scale": [0.02, 0.2],
+    }
     state = change if "x" in change else {**good, **change}
     sig = PoGQSignal(path="fast")
     sig.load_state_dict(good)
@@ -353,3 +379,58 @@ def test_wrong_width_and_bad_rows(honest_rounds: Rounds) -> None:
 def test_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         PoGQSignal(**kwargs)  # type: ignore[arg-type]
+
+
+def test_consensus_cosine_points_to_the_best_evidence_quarter(honest_rounds: Rounds) -> None:
+    """The reference is the mean unit direction of the best-evidence quarter (at least 3)."""
+    u, ctx = next(honest_rounds(1))
+    res = PoGQSignal(path="fast")(u, ctx)
+    n = u.shape[0]
+    top = torch.topk(res.raw["evidence"], max(3, -(-n // 4))).indices
+    unit = u.double() / torch.linalg.vector_norm(u.double(), dim=1, keepdim=True)
+    ref = unit[top].mean(0)
+    expected = (unit @ ref) / torch.linalg.vector_norm(ref)
+    torch.testing.assert_close(res.raw["consensus_cosine"], expected, rtol=1e-5, atol=1e-6)
+    assert float(res.raw["consensus_cosine"][top].min()) > 0
+
+
+def test_consensus_catches_a_flipped_update_that_barely_helped(honest_rounds: Rounds) -> None:
+    """A client that always sends the sign-flipped copy of its honest update, where that update
+    barely moves the validation loss: its evidence looks harmless, so the evidence term passes it;
+    it points away from the validated consensus, and the consensus term catches it."""
+    rounds = list(honest_rounds(4))
+    probe = PoGQSignal(path="fast", consensus_fraction=0.0)(*rounds[0])
+    flipper = int(probe.raw["evidence"].abs().argmin())  # the update that did least
+    sig = PoGQSignal(path="fast")
+    for u, ctx in rounds:
+        flipped = u.clone()
+        flipped[flipper] = -flipped[flipper]
+        res = sig(flipped, ctx)
+    assert float(res.raw["quality_score"][flipper]) > 0.375  # its evidence alone passes
+    assert float(res.raw["running_consensus"][flipper]) < 0
+    assert float(res.scores[flipper]) < 0.375
+    others = torch.ones(res.scores.shape[0], dtype=torch.bool)
+    others[flipper] = False
+    assert float(res.scores[others].median()) == 1.0
+
+
+def test_consensus_off_is_the_evidence_score(honest_rounds: Rounds) -> None:
+    u, ctx = next(honest_rounds(1))
+    res = PoGQSignal(path="fast", consensus_fraction=0.0)(u, ctx)
+    assert res.raw["consensus_cosine"].abs().max() == 0
+    assert bool((res.raw["consensus_score"] == 1).all())
+    torch.testing.assert_close(res.scores, res.raw["quality_score"] * res.raw["guard"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("consensus_fraction", -0.1),
+        ("consensus_fraction", 1.5),
+        ("consensus_reference", 0.0),
+        ("consensus_tolerance", -1.0),
+    ],
+)
+def test_consensus_config_errors(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=key):
+        PoGQSignal(**{key: value})  # type: ignore[arg-type]

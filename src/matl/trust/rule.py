@@ -146,7 +146,8 @@ class MATLRule(AggregationRule):
     signal_params:
         Keyword arguments per signal name, merged over :data:`DEFAULT_SIGNAL_PARAMS`, e.g.
         ``{"pogq": {"path": "exact"}}``. PoGQ judges each client on its running validation
-        evidence (``memory``) and tolerates mild harm (``harm_tolerance``); see
+        evidence (``memory``, ``harm_tolerance``) and on its running cosine to the round's
+        validated consensus (``consensus_fraction``, ``consensus_tolerance``); see
         :class:`~matl.trust.quality.PoGQSignal` for the measured trade-off under non-IID data.
     threshold, k, min_gap, safe_score, hard_floor:
         The :class:`~matl.trust.composite.AdaptiveThreshold` (``threshold`` is its method).
