@@ -95,3 +95,17 @@ def test_validation(kwargs: dict) -> None:
 def test_update_checks_ids() -> None:
     with pytest.raises(ValueError, match="distinct"):
         CartelDetector().update(torch.zeros(2, 3), [1, 1])
+
+
+def test_clients_sending_zeros_are_not_a_cartel() -> None:
+    """A zero update copies nobody (free riders are the entropy signal's business), while three
+    identical non-zero updates in the same rounds do form a cartel."""
+    det = CartelDetector(min_rounds=3)
+    g = torch.Generator().manual_seed(9)
+    for _ in range(4):
+        u = torch.randn(9, D, generator=g)
+        u[:3] = 0.0
+        u[3:6] = torch.randn(D, generator=g)
+        report = det.update(u, list(range(9)))
+    assert report.cartels == [[3, 4, 5]]
+    assert report.member.tolist() == [False] * 3 + [True] * 3 + [False] * 3

@@ -246,13 +246,14 @@ def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
     # The restored signal continues the saved evidence; a fresh one starts over.
     assert torch.equal(ra.raw["running_evidence"], rb.raw["running_evidence"])
     assert torch.equal(ra.raw["running_consensus"], rb.raw["running_consensus"])
+    assert bool((ra.raw["running_consensus"] != 0).any())
     assert torch.equal(ra.scores, rb.scores)
     assert not torch.equal(ra.raw["running_evidence"], rf.raw["running_evidence"])
     assert not torch.equal(ra.raw["running_consensus"], rf.raw["running_consensus"])
-    for key in ("mean", "cos", "weight"):
+    for key in ("mean", "weight", "cos", "cos_weight"):
         assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert a.state_dict()["scale"] == b.state_dict()["scale"]
-    assert set(a.state_dict()) == {"client_ids", "mean", "cos", "weight", "scale"}
+    assert set(a.state_dict()) == {"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}
     a.reset()
     assert a.state_dict()["client_ids"] == []
     assert a.state_dict()["scale"] == [0.0, 0.0]
@@ -268,6 +269,7 @@ def test_loads_state_saved_before_the_consensus_term() -> None:
     assert state["client_ids"] == [3, 4]
     torch.testing.assert_close(state["mean"], torch.tensor([0.1, -0.2], dtype=torch.float64))
     assert state["cos"].tolist() == [0.0, 0.0]
+    assert state["cos_weight"].tolist() == [0.0, 0.0]
     assert state["scale"] == [0.0, 0.0]
 
 
@@ -285,9 +287,15 @@ def test_loads_state_saved_before_the_consensus_term() -> None:
         ({"client_ids": [3, "a"]}, "not an integer"),
         ({"cos": [float("nan"), 0.0]}, "finite"),
         ({"cos": [0.0]}, "shapes"),
+        ({"cos": [0.5, 0.1]}, "cos_weight"),
+        ({"cos_weight": [0.2, 1.5]}, "cos_weight"),
+        ({"cos_weight": [-0.1, 0.36]}, "cos_weight"),
         ({"scale": [0.1]}, "scale"),
         ({"scale": [float("inf"), 0.5]}, "scale"),
         ({"scale": [0.1, 1.5]}, "scale"),
+        ({"scale": [0.5, 0.2]}, "scale"),
+        ({"scale": [-0.1, 0.2]}, "scale"),
+        ({"scale": 3}, "scale"),
     ],
 )
 def test_load_state_rejects_bad_state(change: dict[str, object], match: str) -> None:
@@ -296,6 +304,7 @@ def test_load_state_rejects_bad_state(change: dict[str, object], match: str) -> 
         "mean": [0.1, -0.2],
         "cos": [0.05, 0.1],
         "weight": [0.2, 0.36],
+        "cos_weight": [0.2, 0.36],
         "scale": [0.02, 0.2],
     }
     state = change if "x" in change else {**good, **change}
@@ -386,6 +395,7 @@ def test_consensus_cosine_points_to_the_best_evidence_quarter(honest_rounds: Rou
     u, ctx = next(honest_rounds(1))
     res = PoGQSignal(path="fast")(u, ctx)
     n = u.shape[0]
+    assert bool((res.raw["norm_ratio"] <= 3).all()) and int((res.raw["evidence"] > 0).sum()) >= 5
     top = torch.topk(res.raw["evidence"], max(3, -(-n // 4))).indices
     unit = u.double() / torch.linalg.vector_norm(u.double(), dim=1, keepdim=True)
     ref = unit[top].mean(0)
@@ -417,7 +427,7 @@ def test_consensus_catches_a_flipped_update_that_barely_helped(honest_rounds: Ro
 def test_consensus_off_is_the_evidence_score(honest_rounds: Rounds) -> None:
     u, ctx = next(honest_rounds(1))
     res = PoGQSignal(path="fast", consensus_fraction=0.0)(u, ctx)
-    assert res.raw["consensus_cosine"].abs().max() == 0
+    assert bool(torch.isnan(res.raw["consensus_cosine"]).all())
     assert bool((res.raw["consensus_score"] == 1).all())
     torch.testing.assert_close(res.scores, res.raw["quality_score"] * res.raw["guard"])
 
@@ -434,3 +444,52 @@ def test_consensus_off_is_the_evidence_score(honest_rounds: Rounds) -> None:
 def test_consensus_config_errors(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=key):
         PoGQSignal(**{key: value})  # type: ignore[arg-type]
+
+
+def test_consensus_needs_three_improving_updates(honest_rounds: Rounds) -> None:
+    """Fewer than three updates with positive evidence: no consensus this round, and the running
+    cosines are left as they were (not diluted by a round without a reference)."""
+    u, ctx = next(honest_rounds(1))
+    sig = PoGQSignal(path="fast")
+    first = sig(u, ctx)
+    before = sig.state_dict()
+    flipped = -u
+    flipped[:2] = u[:2]  # only two updates still help
+    res = sig(flipped, ctx)
+    assert bool(torch.isnan(res.raw["consensus_cosine"]).all())
+    after = sig.state_dict()
+    assert torch.equal(after["cos"], before["cos"])
+    assert torch.equal(after["cos_weight"], before["cos_weight"])
+    assert not torch.equal(after["mean"], before["mean"])
+    assert bool((first.raw["running_consensus"] != 0).any())
+
+
+def test_steered_consensus_cannot_fail_clients_with_good_evidence(honest_rounds: Rounds) -> None:
+    """An adaptive quarter of the round aligns its updates with the validation descent direction
+    (so they rank first by evidence, within the norm guard) and adds a component opposed to the
+    honest clients' common direction, steering the consensus away from them. Clients whose own
+    running evidence is good keep a consensus score of 1 regardless."""
+    sig = PoGQSignal(path="fast")
+    n, bad = 20, 5
+    for u, ctx in honest_rounds(6, n=n):
+        x, y = ctx.validation
+        _, grad = ctx.model.loss_and_grad(ctx.global_params.reshape(1, -1), x[None], y[None])
+        descent = -grad[0] / grad[0].norm()
+        honest = u[bad:]
+        common = honest.mean(0)
+        away = -(common - (common @ descent) * descent)
+        away = away / away.norm()
+        med = float(honest.norm(dim=1).median())
+        g = torch.Generator().manual_seed(1)
+        noise = torch.randn(bad, u.shape[1], generator=g)
+        noise = noise - (noise @ descent)[:, None] * descent
+        noise = 0.3 * noise / noise.norm(dim=1, keepdim=True)
+        crafted = 0.45 * descent + 0.89 * away + noise
+        u[:bad] = 2.9 * med * crafted / crafted.norm(dim=1, keepdim=True)
+        res = sig(u, ctx)
+    evidence = res.raw["running_evidence"][bad:]
+    consensus = res.raw["consensus_score"][bad:]
+    good = evidence >= sig.reference_fraction
+    assert int(good.sum()) >= 5
+    assert bool((consensus[good] == 1).all())
+    assert float(res.raw["consensus_cosine"][:bad].min()) > 0.5  # the steering did take hold

@@ -90,6 +90,8 @@ def test_round_sketch_is_computed_once_per_tensor_and_version() -> None:
     twin = x.clone()
     b = round_sketch(twin, 64, seed=1)
     assert b is not a and torch.equal(a, b)  # equal values, another tensor: recomputed
+    a = round_sketch(x, 64, seed=1)
+    assert round_sketch(x, 64, seed=1) is a
     x[0, 0] += 1.0  # in place: the version counter moves, the memo must not answer
     c = round_sketch(x, 64, seed=1)
     assert c is not a and torch.equal(c, count_sketch(x, 64, seed=1))
@@ -121,3 +123,16 @@ def test_row_norms_are_shared_but_private_copies() -> None:
     x[1, 1] = float("nan")
     with pytest.raises(InvalidUpdateError, match="NaN or Inf"):
         row_norms(x, "t")
+
+
+def test_memo_sees_data_reassignment_and_skips_inference_tensors() -> None:
+    x = torch.randn(4, 3000, dtype=torch.float64)
+    a = round_sketch(x, 64)
+    x.data = torch.randn(6, 3000, dtype=torch.float64)
+    b = round_sketch(x, 64)
+    assert b.shape == (6, 64) and torch.equal(b, count_sketch(x, 64))
+    with torch.inference_mode():
+        y = torch.randn(4, 3000)
+    torch.testing.assert_close(row_norms(y, "t"), torch.linalg.vector_norm(y, dim=1).double())
+    assert torch.equal(round_sketch(y, 64), count_sketch(y, 64))
+    del a

@@ -36,26 +36,59 @@ def check_rows(updates: torch.Tensor, signal: str) -> None:
 
 
 _MEMO_LOCK = threading.Lock()
-#: (kind, k, seed) → (weak reference to the input, its version counter, the result).
-_MEMO: dict[tuple[str, int | None, int], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+#: (kind, k, seed) → (weak reference to the input, its fingerprint, the result).
+_MEMO: dict[
+    tuple[str, int | None, int], tuple[weakref.ref[torch.Tensor], tuple[Any, ...], Any]
+] = {}
+
+
+def _fingerprint(x: torch.Tensor) -> tuple[Any, ...]:
+    return (
+        x._version,
+        x.data_ptr(),
+        tuple(x.shape),
+        x.stride(),
+        x.storage_offset(),
+        x.dtype,
+        x.device,
+    )
+
+
+def _forget(key: tuple[str, int | None, int], ref: weakref.ref[torch.Tensor]) -> None:
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+        if hit is not None and hit[0] is ref:
+            del _MEMO[key]
 
 
 def round_memo(
     kind: str, x: torch.Tensor, k: int | None, seed: int, compute: Callable[[], torch.Tensor]
 ) -> torch.Tensor:
-    """``compute()``, or the result kept from the last call for the very same tensor ``x``
-    (identity and in-place version counter), ``kind``, ``k`` and ``seed``: one computation per
-    round however many signals ask. Only the latest tensor is kept per key; the memo holds a weak
-    reference, so a modified or freed tensor is never matched. Results are shared: read-only."""
+    """``compute()``, or the result kept from the last call for the very same tensor ``x``,
+    ``kind``, ``k`` and ``seed``: one computation per round however many signals ask.
+
+    A hit needs the same tensor object (a weak reference: a new tensor, even at a freed tensor's
+    address, never matches) with the same fingerprint: in-place version counter, data pointer,
+    shape, strides, offset, dtype and device — so in-place operations and ``x.data = …`` are seen.
+    Writes that bypass autograd's version counter (through ``x.data`` or a NumPy view) are not;
+    the trust signals never make them. Inference-mode tensors, which have no version counter, are
+    not memoised. Only the latest tensor is kept per key, and its entry is dropped when the tensor
+    is freed. Results are shared: treat them as read-only.
+    """
+    if x.is_inference():
+        return compute()
     key = (kind, k, int(seed))
-    version = x._version
+    mark = _fingerprint(x)
     with _MEMO_LOCK:
         hit = _MEMO.get(key)
-        if hit is not None and hit[0]() is x and hit[1] == version:
-            return hit[2]
+        if hit is not None and hit[0]() is x and hit[1] == mark:
+            value: torch.Tensor = hit[2]
+            return value
     value = compute()
+    ref = weakref.ref(x)
     with _MEMO_LOCK:
-        _MEMO[key] = (weakref.ref(x), version, value)
+        _MEMO[key] = (ref, mark, value)
+    weakref.finalize(x, _forget, key, ref)
     return value
 
 

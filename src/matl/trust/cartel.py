@@ -6,13 +6,14 @@ never near-identical round after round; sybils and colluders replaying one craft
 Per round
 ---------
 1. **Sketch**: pairwise cosines of the round's shared count sketch of width ``dim`` (default
-   1024; :func:`matl.trust.sketch.sketch_cosines`, the same matrix the community signal reads, so
-   the detector adds no pass over the updates). Identical updates have identical sketches (cosine
+   1024; :func:`matl.trust.sketch.sketch_cosines`, the same matrix the community signal reads when
+   their seeds agree, as the engine's defaults do, so the detector adds no pass over the updates). Identical updates have identical sketches (cosine
    1 exactly), and the sketched cosine of two distinct updates errs by a few thousandths near 1
    (the error shrinks with the distance between the unit vectors) and by about
    :math:`1/\sqrt{k} \approx 0.03` for unrelated ones: an honest pair at :math:`\rho = 0.9`
    stays far below ``tau = 0.99``, and persistence (step 3) multiplies any rare single-round
-   coincidence away. When ``d <= 4·dim`` the exact cosines are used.
+   coincidence away. When ``d <= 4·dim`` the exact cosines are used. A zero update is
+   near-identical to nothing (free riders sending zeros are the entropy signal's business).
 2. **Near-identical pairs**: :math:`\cos(Su_a, Su_b) \ge` ``tau``.
 3. **Persistence**: a pair's count :math:`c_{ab}` grows by 1 each round both clients take part and
    are near-identical, is reset to 0 when both take part and are not, and is unchanged when either
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from matl.errors import ConfigError
+from matl.trust._util import row_norms
 from matl.trust.sketch import sketch_cosines
 
 __all__ = ["CartelDetector", "CartelReport"]
@@ -108,6 +110,10 @@ class CartelDetector:
         if n >= 2:
             cos = sketch_cosines(updates, self.dim, seed=self.seed).clone()
             cos.fill_diagonal_(-math.inf)
+            zero = row_norms(updates, "cartel") == 0  # an empty update copies nobody
+            if bool(zero.any()):
+                cos[zero] = -math.inf
+                cos[:, zero] = -math.inf
             max_cos = cos.max(dim=1).values
             near = torch.triu(cos >= self.tau, diagonal=1)
             pairs = torch.nonzero(near).tolist()

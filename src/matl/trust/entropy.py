@@ -72,6 +72,8 @@ class _Windows:
     #: (N, W) symbols, oldest first; -1 = empty.
     symbols: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.int64))
     dim: int | None = None
+    #: Width of the space the stored projections were taken in (the sketch width, or ``dim``).
+    space: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,8 +82,9 @@ class EntropySignal:
 
     **Symbols.** Let :math:`z_i = S u_i` be the round's shared count sketch of the update
     (:func:`~matl.trust.sketch.round_sketch`, width ``sketch_dim`` :math:`m = 1024`; the update
-    itself when :math:`d \le 4m` or ``sketch_dim=None``; the sketch keeps angles, so it changes
-    nothing below but the cost) and fix once, from ``seed``, a Gaussian matrix
+    itself when :math:`d \le 4m` or ``sketch_dim=None``; the sketch keeps the angle between two
+    directions to about :math:`\pm 1/\sqrt{m}` for unrelated ones and far better for nearly
+    parallel ones, which is all the codes below depend on) and fix once, from ``seed``, a Gaussian matrix
     :math:`R \in \mathbb{R}^{m \times k}` (``bits`` :math:`k = 16` columns). A participation of
     client :math:`i` is summarised by the projection of its unit direction,
     :math:`p_i = R^\top z_i / \lVert z_i\rVert` (:math:`p_i = 0` for a zero update); the client
@@ -198,10 +201,22 @@ class EntropySignal:
         """The value of the ``REPEAT`` symbol, :math:`2^k`."""
         return 1 << self.bits
 
+    def space(self, d: int) -> int:
+        """Width of the space projected for ``d``-parameter updates: the sketch width, or ``d``
+        when the round sketch is the updates themselves."""
+        k = self.sketch_dim
+        return d if k is None or d <= 4 * k else k
+
     def project(self, updates: torch.Tensor) -> torch.Tensor:
         r"""``(n, k)`` float64 projections :math:`p_i = R^\top z_i / \lVert z_i\rVert` of the
-        round's sketch :math:`z` (see the class)."""
-        row_norms(updates, "entropy")  # rejects NaN/Inf rows (shared with the other signals)
+        round's sketch :math:`z` (see the class); rejects NaN/Inf rows."""
+        norms = row_norms(updates, "entropy")  # shared with the other signals
+        d = updates.shape[1]
+        if self.space(d) == d:  # no sketch: project the updates themselves, in their dtype
+            r = gaussian_projection(d, self.bits, self.seed, updates.dtype)
+            with torch.no_grad():
+                proj = (updates.detach() @ r).to(torch.float64)
+            return proj / torch.where(norms > 0, norms, 1.0).unsqueeze(1)
         z = round_sketch(updates, self.sketch_dim, seed=self.seed)
         r = gaussian_projection(z.shape[1], self.bits, self.seed, torch.float64)
         return unit_rows(z) @ r
@@ -222,6 +237,10 @@ class EntropySignal:
             raise InvalidUpdateError(
                 f"entropy: updates changed size ({st.dim} → {d}); call reset() between models"
             )
+        space = self.space(d)
+        if st.space != space:  # projections of another space (e.g. an older checkpoint): unusable
+            st.recent.fill_(math.nan)
+            st.space = space
         rows, known = assign_rows(st.index, keys)
         st.recent = grow(st.recent, len(st.index), math.nan)
         st.symbols = grow(st.symbols, len(st.index), -1)
@@ -263,20 +282,25 @@ class EntropySignal:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"client_ids", "recent", "symbols", "dim"}``: ids in row order, each client's last
-        ``W`` projections ``(N, W, k)`` (NaN = empty) and symbols ``(N, W)`` (``-1`` = empty),
-        oldest first, as copies."""
+        """``{"client_ids", "recent", "symbols", "dim", "space"}``: ids in row order, each
+        client's last ``W`` projections ``(N, W, k)`` (NaN = empty) and symbols ``(N, W)`` (``-1``
+        = empty), oldest first, as copies; the update size and the width of the space projected."""
         st = self._state
         return {
             "client_ids": list(st.index),
             "recent": st.recent.clone(),
             "symbols": st.symbols.clone(),
             "dim": st.dim,
+            "space": st.space,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (for the same ``bits`` and ``window``)."""
-        check_state_keys("entropy", state, {"client_ids", "recent", "symbols", "dim"})
+        """Restore :meth:`state_dict`'s output (for the same ``bits`` and ``window``). A state
+        saved before the projections ran on the round sketch (no ``space``) keeps its symbols;
+        its stored projections are dropped at the next round if the space differs."""
+        if "space" not in state and set(state) == {"client_ids", "recent", "symbols", "dim"}:
+            state = {**state, "space": state["dim"]}
+        check_state_keys("entropy", state, {"client_ids", "recent", "symbols", "dim", "space"})
         ids = state_client_ids("entropy", state["client_ids"])
         recent = torch.as_tensor(state["recent"], dtype=torch.float64).clone()
         symbols = torch.as_tensor(state["symbols"], dtype=torch.int64).clone()
@@ -294,6 +318,7 @@ class EntropySignal:
         st.recent = recent
         st.symbols = symbols
         st.dim = None if state["dim"] is None else int(state["dim"])
+        st.space = None if state["space"] is None else int(state["space"])
 
     def reset(self) -> None:
         """Forget every client's window."""
@@ -302,3 +327,4 @@ class EntropySignal:
         st.recent = torch.zeros(0, 0, 0, dtype=torch.float64)
         st.symbols = torch.zeros(0, 0, dtype=torch.int64)
         st.dim = None
+        st.space = None

@@ -321,10 +321,10 @@ class PoGQSignal:
         guard = self.guard(ratio)
         guarded = torch.where(delta > 0, delta * guard, delta)
         evidence = self.normalise(guarded)
-        cosine = self.consensus_cosines(updates, norms, evidence)
-        running, running_cos, scale = self._remember(keys, evidence, cosine)
+        cosine = self.consensus_cosines(updates, norms, evidence, ratio)
+        running, running_cos, known, scale = self._remember(keys, evidence, cosine)
         quality = self.map_scores(running)
-        consensus = self.map_consensus(running_cos, scale)
+        consensus = self.map_consensus(running_cos, known, scale, running)
         scores = torch.minimum(quality, consensus) * guard
         return SignalResult(
             scores=scores,
@@ -335,7 +335,9 @@ class PoGQSignal:
                 "guarded_delta": guarded,
                 "evidence": evidence,
                 "running_evidence": running,
-                "consensus_cosine": cosine,
+                "consensus_cosine": (
+                    cosine if cosine is not None else torch.full_like(running, math.nan)
+                ),
                 "running_consensus": running_cos,
                 "consensus_scale": torch.full_like(running, scale),
                 "quality_score": quality,
@@ -344,36 +346,52 @@ class PoGQSignal:
         )
 
     def consensus_cosines(
-        self, updates: torch.Tensor, norms: torch.Tensor, evidence: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        updates: torch.Tensor,
+        norms: torch.Tensor,
+        evidence: torch.Tensor,
+        ratio: torch.Tensor,
+    ) -> torch.Tensor | None:
         r"""Cosines :math:`c_i = \cos(u_i, r)` of every update to the round's validated consensus
-        :math:`r`, the mean unit direction of the :math:`\max(3, \lceil q n\rceil)` updates with
-        the best evidence this round (``consensus_fraction`` :math:`q`; all 0 when :math:`q = 0`).
-        One matrix–vector product over the updates."""
+        :math:`r`: the mean unit direction (in float64) of the :math:`\max(3, \lceil q n\rceil)`
+        updates with the best evidence this round among those with positive evidence and a norm
+        ratio within the guard (:math:`\rho \le \kappa`). ``None`` — no consensus this round —
+        when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. One
+        matrix–vector product over the updates."""
         n = updates.shape[0]
-        if self.consensus_fraction == 0:
-            return torch.zeros(n, dtype=torch.float64)
-        k = min(n, max(3, math.ceil(self.consensus_fraction * n)))
-        top = torch.topk(evidence, k).indices
-        scale = torch.where(norms[top] > 0, 1.0 / norms[top].clamp_min(1e-300), 0.0)
+        eligible = (evidence > 0) & (ratio <= self.norm_guard)
+        available = int(eligible.sum())
+        if self.consensus_fraction == 0 or available < 3:
+            return None
+        k = min(available, max(3, math.ceil(self.consensus_fraction * n)))
+        top = torch.topk(torch.where(eligible, evidence, -math.inf), k).indices
         with torch.no_grad():
-            ref = (scale.to(updates.dtype) @ updates[top].detach()) / k
-            ref_norm = float(torch.linalg.vector_norm(ref.to(torch.float64)))
+            unit = updates[top].detach().to(torch.float64) / norms[top].unsqueeze(1)
+            ref = unit.mean(dim=0)
+            ref_norm = float(torch.linalg.vector_norm(ref))
             if not ref_norm > 0:
-                return torch.zeros(n, dtype=torch.float64)
-            dots = (updates.detach() @ ref).to(torch.float64)
-        return torch.where(norms > 0, dots / (norms.clamp_min(1e-300) * ref_norm), 0.0).clamp(
-            -1.0, 1.0
-        )
+                return None
+            dots = (updates.detach() @ (ref / ref_norm).to(updates.dtype)).to(torch.float64)
+        return torch.where(norms > 0, dots / norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
 
-    def map_consensus(self, running_cos: torch.Tensor, scale: float) -> torch.Tensor:
+    def map_consensus(
+        self,
+        running_cos: torch.Tensor,
+        known: torch.Tensor,
+        scale: float,
+        running_evidence: torch.Tensor,
+    ) -> torch.Tensor:
         r"""Consensus scores :math:`\operatorname{clip}((\bar c / C + \lambda_c)/(\beta_c +
         \lambda_c), 0, 1)` of running cosines :math:`\bar c` in units of the running typical
-        cosine :math:`C` (see the class); all 1 when the consensus is off or :math:`C \le 0`."""
+        cosine :math:`C` (see the class). 1 for a client whose running evidence is at least
+        :math:`\beta` (its own good evidence outranks the consensus) or who has no consensus
+        cosine yet, and for everyone when the consensus is off or :math:`C \le 0`."""
         if self.consensus_fraction == 0 or not scale > 0:
             return torch.ones_like(running_cos)
         beta, lam = self.consensus_reference, self.consensus_tolerance
-        return ((running_cos / scale + lam) / (beta + lam)).clamp(0.0, 1.0)
+        mapped = ((running_cos / scale + lam) / (beta + lam)).clamp(0.0, 1.0)
+        exempt = ~known | (running_evidence >= self.reference_fraction)
+        return torch.where(exempt, 1.0, mapped)
 
     def normalise(self, guarded: torch.Tensor) -> torch.Tensor:
         r"""The round's evidence :math:`x_i = \operatorname{clip}(\tilde\Delta_i / D, -c, c)` of
@@ -393,25 +411,31 @@ class PoGQSignal:
         return ((evidence + lam) / (beta + lam)).clamp(0.0, 1.0)
 
     def _remember(
-        self, keys: list[int], evidence: torch.Tensor, cosine: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Fold this round's evidence and consensus cosines into each client's running values
-        and the round's typical cosine into the running scale; return the new bias-corrected
-        :math:`(e_i, \bar c_i, C)`."""
+        self, keys: list[int], evidence: torch.Tensor, cosine: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Fold this round's evidence (and consensus cosines, when there was a consensus) into
+        each client's running values, and the round's typical cosine into the running scale;
+        return the bias-corrected :math:`(e_i, \bar c_i)`, which clients have a :math:`\bar c_i`,
+        and :math:`C`."""
         st = self._state
         rows, _ = assign_rows(st.index, keys)
-        st.mean = grow(st.mean, len(st.index), 0.0)
-        st.cos = grow(st.cos, len(st.index), 0.0)
-        st.weight = grow(st.weight, len(st.index), 0.0)
+        size = len(st.index)
+        st.mean, st.weight = grow(st.mean, size, 0.0), grow(st.weight, size, 0.0)
+        st.cos, st.cos_weight = grow(st.cos, size, 0.0), grow(st.cos_weight, size, 0.0)
         a = self.memory
         st.mean[rows] = a * st.mean[rows] + (1.0 - a) * evidence
-        st.cos[rows] = a * st.cos[rows] + (1.0 - a) * cosine
         st.weight[rows] = a * st.weight[rows] + (1.0 - a)
-        typical = _typical(cosine)
-        if typical > 0:
-            st.scale = [a * st.scale[0] + (1.0 - a) * typical, a * st.scale[1] + (1.0 - a)]
+        if cosine is not None:
+            st.cos[rows] = a * st.cos[rows] + (1.0 - a) * cosine
+            st.cos_weight[rows] = a * st.cos_weight[rows] + (1.0 - a)
+            typical = _typical(cosine)
+            if typical > 0:
+                st.scale = [a * st.scale[0] + (1.0 - a) * typical, a * st.scale[1] + (1.0 - a)]
+        cw = st.cos_weight[rows]
+        known = cw > 0
+        running_cos = torch.where(known, st.cos[rows] / torch.where(known, cw, 1.0), 0.0)
         scale = st.scale[0] / st.scale[1] if st.scale[1] > 0 else 0.0
-        return st.mean[rows] / st.weight[rows], st.cos[rows] / st.weight[rows], scale
+        return st.mean[rows] / st.weight[rows], running_cos, known, scale
 
     def _exact(
         self,
@@ -453,60 +477,74 @@ class PoGQSignal:
             return -self.step * (updates.detach() @ grad[0].to(updates.dtype)).to(torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"client_ids", "mean", "cos", "weight", "scale"}``: the ids in row order, their biased
-        moving averages of evidence :math:`m_i` and of consensus cosines, the bias corrections
-        :math:`1 - \\alpha^{t_i}`, and ``[biased typical cosine, its correction]`` (copies)."""
+        """``{"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}``: the ids in row
+        order; their biased moving averages of evidence :math:`m_i` and its bias corrections
+        :math:`1 - \\alpha^{t_i}`; the same for the consensus cosines (over the rounds that had a
+        consensus); and ``[biased typical cosine, its correction]`` (copies)."""
         st = self._state
         return {
             "client_ids": list(st.index),
             "mean": st.mean.clone(),
-            "cos": st.cos.clone(),
             "weight": st.weight.clone(),
+            "cos": st.cos.clone(),
+            "cos_weight": st.cos_weight.clone(),
             "scale": list(st.scale),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. The empty state (saved by the earlier, memoryless
-        signal) restores no evidence, as :meth:`reset`; a state without ``cos`` and ``scale``
-        (saved before the consensus term) restores the evidence and starts the cosines at 0."""
+        signal) restores no evidence, as :meth:`reset`; a state without the consensus keys (saved
+        before the consensus term) restores the evidence and no consensus history."""
         if not state:
             self.reset()
             return
         if set(state) == {"client_ids", "mean", "weight"}:
-            state = {**state, "cos": None, "scale": [0.0, 0.0]}
-        check_state_keys("pogq", state, {"client_ids", "mean", "cos", "weight", "scale"})
+            n_old = len(state["client_ids"])
+            state = {**state, "cos": [0.0] * n_old, "cos_weight": [0.0] * n_old}
+            state["scale"] = [0.0, 0.0]
+        keys = {"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}
+        check_state_keys("pogq", state, keys)
         ids = state_client_ids("pogq", state["client_ids"])
-        mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
-        weight = torch.as_tensor(state["weight"], dtype=torch.float64).clone()
-        cos = (
-            torch.zeros_like(mean)
-            if state["cos"] is None
-            else torch.as_tensor(state["cos"], dtype=torch.float64).clone()
-        )
-        if mean.shape != (len(ids),) or weight.shape != mean.shape or cos.shape != mean.shape:
-            raise ValueError(
-                f"pogq: state has {len(ids)} client ids but evidence of shapes "
-                f"{tuple(mean.shape)}, {tuple(cos.shape)} and {tuple(weight.shape)}"
-            )
-        if not bool(torch.isfinite(mean).all() & torch.isfinite(cos).all()):
+        rows = {
+            k: torch.as_tensor(state[k], dtype=torch.float64).clone()
+            for k in ("mean", "weight", "cos", "cos_weight")
+        }
+        if any(v.shape != (len(ids),) for v in rows.values()):
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in rows.items())
+            raise ValueError(f"pogq: state has {len(ids)} client ids but shapes {shapes}")
+        if not all(bool(torch.isfinite(v).all()) for v in rows.values()):
             raise ValueError("pogq: state evidence must be finite")
-        if not bool(((weight > 0) & (weight <= 1)).all()):
+        if not bool(((rows["weight"] > 0) & (rows["weight"] <= 1)).all()):
             raise ValueError("pogq: state weights must be in (0, 1]")
-        scale = [float(v) for v in state["scale"]]
-        if len(scale) != 2 or not all(math.isfinite(v) for v in scale) or not 0 <= scale[1] <= 1:
-            raise ValueError(f"pogq: state scale must be [finite, weight in [0, 1]], got {scale}")
+        cw = rows["cos_weight"]
+        if not bool(((cw >= 0) & (cw <= 1) & (rows["cos"].abs() <= cw + 1e-12)).all()):
+            raise ValueError("pogq: state cos_weight must be in [0, 1] with |cos| <= cos_weight")
+        scale = _state_scale(state["scale"])
         st = self._state
         st.index = {c: i for i, c in enumerate(ids)}
-        st.mean, st.cos, st.weight, st.scale = mean, cos, weight, scale
+        st.mean, st.weight = rows["mean"], rows["weight"]
+        st.cos, st.cos_weight, st.scale = rows["cos"], cw, scale
 
     def reset(self) -> None:
-        """Forget every client's evidence and the consensus scale."""
+        """Forget every client's evidence and consensus history, and the consensus scale."""
         st = self._state
         st.index = {}
         st.mean = torch.zeros(0, dtype=torch.float64)
-        st.cos = torch.zeros(0, dtype=torch.float64)
         st.weight = torch.zeros(0, dtype=torch.float64)
+        st.cos = torch.zeros(0, dtype=torch.float64)
+        st.cos_weight = torch.zeros(0, dtype=torch.float64)
         st.scale = [0.0, 0.0]
+
+
+def _state_scale(value: Any) -> list[float]:
+    """A saved ``[biased typical cosine, its correction]``, checked: ``0 ≤ s ≤ w ≤ 1``."""
+    try:
+        scale = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"pogq: state scale must be two numbers, got {value!r}") from None
+    if len(scale) != 2 or not 0.0 <= scale[0] <= scale[1] <= 1.0:
+        raise ValueError(f"pogq: state scale must be [s, w] with 0 <= s <= w <= 1, got {value!r}")
+    return scale
 
 
 @dataclass
@@ -515,8 +553,9 @@ class _Evidence:
 
     index: dict[int, int] = field(default_factory=dict)
     mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    cos: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    cos: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    cos_weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: ``[biased moving average of the typical cosine, its bias correction]``.
     scale: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
