@@ -207,9 +207,10 @@ def test_score_mapping() -> None:
 
 def test_evidence_memory(honest_rounds: Rounds) -> None:
     """Running evidence: bias-corrected EMA per client id; the first participation counts at face
-    value; α = 0 is memoryless; absent clients keep theirs."""
+    value; α = 0 is memoryless (whatever the harm memory); absent clients keep theirs."""
     rounds = list(honest_rounds(3))
-    sig, memoryless = PoGQSignal(path="fast", memory=0.8), PoGQSignal(path="fast", memory=0.0)
+    sig = PoGQSignal(path="fast", memory=0.8, harm_memory=None)
+    memoryless = PoGQSignal(path="fast", memory=0.0)
     xs = []
     for u, ctx in rounds:
         res = sig(u, ctx)
@@ -232,6 +233,25 @@ def test_evidence_memory(honest_rounds: Rounds) -> None:
     torch.testing.assert_close(fresh.raw["running_evidence"], fresh.raw["evidence"])
     assert float(fresh.scores[0]) == 0.0
     assert float(after.scores[0]) > float(fresh.scores[0])
+
+
+def test_harm_memory_is_shorter_for_drops(honest_rounds: Rounds) -> None:
+    """With ``harm_memory`` a value below the running one is folded in with the shorter memory,
+    one above it with ``memory``: a switch to harm shows sooner, a recovery as slowly as before."""
+    rounds = list(honest_rounds(2))
+    sym = PoGQSignal(path="fast", harm_memory=None)
+    asym = PoGQSignal(path="fast", harm_memory=0.5)
+    for u, ctx in rounds:
+        a, b = sym(u, ctx), asym(u, ctx)
+    x0 = PoGQSignal(path="fast")(*rounds[0]).raw["evidence"]
+    x1 = a.raw["evidence"]
+    drop = x1 < x0
+    m = torch.where(drop, 0.5, 0.8).double()
+    expected = (m * 0.2 * x0 + (1 - m) * x1) / (m * 0.2 + (1 - m))
+    torch.testing.assert_close(b.raw["running_evidence"], expected)
+    assert bool(drop.any()) and bool((~drop).any())
+    torch.testing.assert_close(b.raw["running_evidence"][~drop], a.raw["running_evidence"][~drop])
+    assert bool((b.raw["running_evidence"][drop] < a.raw["running_evidence"][drop]).all())
 
 
 def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:

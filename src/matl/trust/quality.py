@@ -253,12 +253,13 @@ class PoGQSignal:
     norm_guard: float = 3.0
     norm_cap: float = 6.0
     reference_fraction: float = 0.2
-    harm_tolerance: float = 2.0
+    harm_tolerance: float = 3.0
     memory: float = 0.8
+    harm_memory: float | None = 0.7
     evidence_clip: float = 3.0
     consensus_fraction: float = 0.25
     consensus_reference: float = 0.2
-    consensus_tolerance: float = 0.28
+    consensus_tolerance: float = 0.4
     chunk_elements: int = 1 << 24
     _state: _Evidence = field(
         default_factory=lambda: _Evidence(), init=False, repr=False, compare=False
@@ -274,6 +275,8 @@ class PoGQSignal:
         check_number("pogq", "reference_fraction", self.reference_fraction, low=0.0, low_open=True)
         check_number("pogq", "harm_tolerance", self.harm_tolerance, low=0.0)
         check_number("pogq", "memory", self.memory, low=0.0, high=1.0, high_open=True)
+        if self.harm_memory is not None:
+            check_number("pogq", "harm_memory", self.harm_memory, low=0.0, high=1.0, high_open=True)
         check_number("pogq", "evidence_clip", self.evidence_clip, low=0.0, low_open=True)
         check_number("pogq", "consensus_fraction", self.consensus_fraction, low=0.0, high=1.0)
         check_number(
@@ -423,11 +426,10 @@ class PoGQSignal:
         st.mean, st.weight = grow(st.mean, size, 0.0), grow(st.weight, size, 0.0)
         st.cos, st.cos_weight = grow(st.cos, size, 0.0), grow(st.cos_weight, size, 0.0)
         a = self.memory
-        st.mean[rows] = a * st.mean[rows] + (1.0 - a) * evidence
-        st.weight[rows] = a * st.weight[rows] + (1.0 - a)
+        down = a if self.harm_memory is None else min(self.harm_memory, a)
+        _fold(st.mean, st.weight, rows, evidence, a, down)
         if cosine is not None:
-            st.cos[rows] = a * st.cos[rows] + (1.0 - a) * cosine
-            st.cos_weight[rows] = a * st.cos_weight[rows] + (1.0 - a)
+            _fold(st.cos, st.cos_weight, rows, cosine, a, down)
             typical = _typical(cosine)
             if typical > 0:
                 st.scale = [a * st.scale[0] + (1.0 - a) * typical, a * st.scale[1] + (1.0 - a)]
@@ -558,6 +560,24 @@ class _Evidence:
     cos_weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: ``[biased moving average of the typical cosine, its bias correction]``.
     scale: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+
+def _fold(
+    mean: torch.Tensor,
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    x: torch.Tensor,
+    memory: float,
+    harm_memory: float,
+) -> None:
+    """In place, the bias-corrected moving average of ``x`` at ``rows``: memory ``harm_memory``
+    where ``x`` is below the current running value, ``memory`` elsewhere."""
+    m, w = mean[rows], weight[rows]
+    seen = w > 0
+    current = torch.where(seen, m / torch.where(seen, w, 1.0), x)
+    a = torch.where(x < current, harm_memory, memory).to(torch.float64)
+    mean[rows] = a * m + (1.0 - a) * x
+    weight[rows] = a * w + (1.0 - a)
 
 
 def _typical(cosine: torch.Tensor) -> float:
