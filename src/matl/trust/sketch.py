@@ -1,9 +1,10 @@
 r"""Seeded random sketches of update rows, for signals that only need angles between updates.
 
-Two signals compare update *directions* across clients or rounds: the community signal (pairwise
-cosines, an :math:`n \times n` Gram matrix, :math:`O(n^2 d)`) and the temporal signal (a per-client
-history vector, :math:`O(d)` memory per client). Both run on a :func:`count_sketch` of the rows
-instead of the rows themselves when :math:`d` is large.
+Several parts of the trust engine compare update *directions* across clients or rounds: the
+community signal and the cartel detector (pairwise cosines, an :math:`n \times n` Gram matrix,
+:math:`O(n^2 d)`), the temporal signal (a per-client history vector, :math:`O(d)` memory per
+client) and the entropy signal (sign codes of random projections). All run on one
+:func:`count_sketch` of the rows instead of the rows themselves when :math:`d` is large.
 
 Count sketch
 ------------
@@ -20,11 +21,13 @@ random bucket map) :math:`\operatorname{Var}\langle Sx, Sy\rangle \le (\lVert x\
 \lVert y\rVert^2 + \langle x, y\rangle^2)/k`, so cosines are kept to about :math:`\pm 1/\sqrt{k}` for unrelated
 vectors — and far better for nearly parallel ones: the estimate of :math:`\cos(x, y)` is a ratio
 whose error shrinks with :math:`\lVert \hat x - \hat y \rVert`, so identical rows sketch to
-identical rows (cosine exactly 1) and a cosine of 0.99 is resolved to a few thousandths at
-:math:`k = 256` (what the community threshold needs).
+identical rows (cosine exactly 1) and a cosine of 0.99 is resolved to a few thousandths already at
+:math:`k = 256` (what the community and cartel thresholds need; the engine uses :math:`k = 1024`,
+which the temporal signal's history wants).
 
-To run at memory speed (measured: 1.5 times the cost of a mean over the rows at
-:math:`n = 1000, d = 10^5`, for :math:`k = 256` or 1024) the bucket map is built in two
+To run near memory speed (measured: 1.5 times the cost of a mean over the rows at
+:math:`n = 1000, d = 10^5` on one host, about 3 times on a slower one, for :math:`k = 256` or
+1024) the bucket map is built in two
 levels: the coordinates are cut into contiguous *runs* of :math:`r` coordinates (:math:`r \le 32`,
 at least four runs per bucket on average), each run's signed sum is one vectorised reduction, and
 the runs are assigned to buckets by a seeded random permutation (balanced: every bucket receives
@@ -36,13 +39,15 @@ buckets.
 One sketch per round
 --------------------
 Every direction-based part of the trust engine — temporal consistency, community diversity, the
-cartel detector and the entropy signal's sign codes — reads the same round's sketch. :func:`round_sketch`
+cartel detector and the entropy signal's sign codes — reads the same round's sketch (with the
+engine's default widths and seeds). :func:`round_sketch`
 computes it once per ``(updates, k, seed)`` and hands the same tensor to every later caller in the
 round, and :func:`sketch_cosines` does the same for its :math:`n \times n` cosine matrix; so a round
 costs one pass over the updates and one small Gram product for all of them, not one of each per
-signal. The memo holds a weak reference to the updates and their in-place version counter, so a
-modified or freed tensor is never matched (a new tensor at the same address is a different object).
-The shared results are read-only: callers that modify them must copy first.
+signal (:func:`matl.trust._util.round_memo`: keyed on the very tensor object and its fingerprint —
+version counter, data pointer, shape, strides, dtype, device — so in-place changes and freed
+tensors are never matched). The shared results are read-only: callers that modify them must copy
+first.
 
 All randomness comes from ``seed``: the same ``(d, k, seed)`` gives the same sketch on every call
 and every machine. An adversary who knows the seed could craft updates whose sketches collide, so a
