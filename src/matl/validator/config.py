@@ -42,7 +42,8 @@ class ValidatorConfig(BaseModel):
     max_payload_bytes, max_metadata_bytes:
         Size limits for a submission's safetensors payload and its metadata JSON.
     trust:
-        Options of the MATL rule (:class:`matl.trust.rule.MATLRule`), e.g. ``{"harm_tolerance": 0.3}``.
+        Options of the MATL rule (:class:`matl.trust.rule.MATLRule`), e.g.
+        ``{"signal_params": {"pogq": {"harm_tolerance": 2.0}}, "cartel_weight": 0.0}``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
