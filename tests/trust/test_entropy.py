@@ -226,3 +226,36 @@ def test_rejects_bad_input() -> None:
 def test_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         EntropySignal(**kwargs)  # type: ignore[arg-type]
+
+
+def test_sketched_projections_and_a_change_of_space() -> None:
+    """Large updates are projected through the round sketch; a state whose projections were taken
+    in another space (an older checkpoint) keeps its symbols, and its clients' next participation
+    starts over instead of emitting a code from a meaningless difference."""
+    g = torch.Generator().manual_seed(3)
+    d = 5000  # > 4 · 1024: the round sketch is used
+    sketched = EntropySignal(sketch_dim=1024)
+    exact = EntropySignal(sketch_dim=None)
+    assert sketched.space(d) == 1024 and exact.space(d) == d
+    u = torch.randn(6, d, generator=g, dtype=torch.float64)
+    p_sketch, p_exact = sketched.project(u), exact.project(u)
+    assert p_sketch.shape == p_exact.shape == (6, sketched.bits)
+    # Unit directions: both projections have squared norm about bits (JL), whatever the space.
+    for p in (p_sketch, p_exact):
+        assert float((p.pow(2).sum(1) / sketched.bits).mean()) == pytest.approx(1.0, abs=0.35)
+    for _ in range(2):
+        exact(u + 0.1 * torch.randn(6, d, generator=g, dtype=torch.float64))
+    old = exact.state_dict()
+    legacy = {k: v for k, v in old.items() if k != "space"}
+    sig = EntropySignal(sketch_dim=1024)
+    sig.load_state_dict(legacy)  # taken as projections of the updates themselves
+    assert sig.state_dict()["space"] == d
+    symbols_before = sig.state_dict()["symbols"].clone()
+    sig(u, None)
+    after = sig.state_dict()
+    assert after["space"] == 1024
+    # No new symbol this participation (the last stored projection was unusable) ...
+    assert torch.equal(after["symbols"], symbols_before)
+    # ... and the next one emits a real code again.
+    sig(u + 0.1 * torch.randn(6, d, generator=g, dtype=torch.float64), None)
+    assert not torch.equal(sig.state_dict()["symbols"], symbols_before)

@@ -513,3 +513,39 @@ def test_steered_consensus_cannot_fail_clients_with_good_evidence(honest_rounds:
     assert int(good.sum()) >= 5
     assert bool((consensus[good] == 1).all())
     assert float(res.raw["consensus_cosine"][:bad].min()) > 0.5  # the steering did take hold
+
+
+def test_consensus_ignores_boosted_updates(honest_rounds: Rounds) -> None:
+    """An update beyond the norm guard cannot join the consensus set, however good its guarded
+    evidence: boosting the best update by 4× (κ = 3 < 4 < κ_max = 6) keeps it out."""
+    u, ctx = next(honest_rounds(1))
+    base = PoGQSignal(path="fast")(u.clone(), ctx)
+    best = int(base.raw["evidence"].argmax())
+    boosted = u.clone()
+    boosted[best] *= 4.0
+    sig = PoGQSignal(path="fast")
+    res = sig(boosted, ctx)
+    assert 3 < float(res.raw["norm_ratio"][best]) < 6
+    n = u.shape[0]
+    ok = (res.raw["evidence"] > 0) & (res.raw["norm_ratio"] <= 3)
+    ok[best] = False
+    top = torch.topk(torch.where(ok, res.raw["evidence"], -torch.inf), max(3, -(-n // 4))).indices
+    assert best not in top.tolist()
+    unit = boosted.double() / torch.linalg.vector_norm(boosted.double(), dim=1, keepdim=True)
+    ref = unit[top].mean(0)
+    expected = (unit @ ref) / torch.linalg.vector_norm(ref)
+    torch.testing.assert_close(res.raw["consensus_cosine"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_clients_without_consensus_history_are_exempt(honest_rounds: Rounds) -> None:
+    """A client first seen in a round without a consensus has no running cosine yet: its
+    consensus score is 1 (no evidence against it), while its evidence still counts."""
+    u, ctx = next(honest_rounds(1))
+    sig = PoGQSignal(path="fast")
+    flipped = -u
+    flipped[:2] = u[:2]  # two improving updates: no consensus this round
+    res = sig(flipped, ctx)
+    assert bool(torch.isnan(res.raw["consensus_cosine"]).all())
+    assert res.raw["has_consensus"].tolist() == [0.0] * u.shape[0]
+    assert bool((res.raw["consensus_score"] == 1).all())
+    assert float(res.raw["quality_score"][2:].max()) < 1  # the flipped evidence still counts

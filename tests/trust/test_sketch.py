@@ -136,3 +136,16 @@ def test_memo_sees_data_reassignment_and_skips_inference_tensors() -> None:
     torch.testing.assert_close(row_norms(y, "t"), torch.linalg.vector_norm(y, dim=1).double())
     assert torch.equal(round_sketch(y, 64), count_sketch(y, 64))
     del a
+
+
+def test_memo_sees_a_new_storage_of_the_same_shape() -> None:
+    """``x.data = other`` (same shape and dtype) keeps the version counter: the data pointer in the
+    fingerprint still tells the memo the values are new."""
+    x = torch.randn(4, 3000, dtype=torch.float64)
+    a = round_sketch(x, 64)
+    version = x._version
+    other = torch.randn(4, 3000, dtype=torch.float64)
+    x.data = other
+    assert x._version == version
+    b = round_sketch(x, 64)
+    assert b is not a and torch.equal(b, count_sketch(other, 64))

@@ -36,9 +36,9 @@ def check_rows(updates: torch.Tensor, signal: str) -> None:
 
 
 _MEMO_LOCK = threading.Lock()
-#: (kind, k, seed) → (weak reference to the input, its fingerprint, the result).
+#: (kind, k, seed) → (weak reference to the input, its fingerprint, the result, its finalizer).
 _MEMO: dict[
-    tuple[str, int | None, int], tuple[weakref.ref[torch.Tensor], tuple[Any, ...], Any]
+    tuple[str, int | None, int], tuple[weakref.ref[torch.Tensor], tuple[Any, ...], Any, Any]
 ] = {}
 
 
@@ -55,10 +55,17 @@ def _fingerprint(x: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _forget(key: tuple[str, int | None, int], ref: weakref.ref[torch.Tensor]) -> None:
-    with _MEMO_LOCK:
+    """Drop ``key``'s entry when its tensor is freed. Never blocks: the garbage collector may run
+    this while the same thread holds the lock; the entry then stays until it is replaced (a dead
+    reference never matches)."""
+    if not _MEMO_LOCK.acquire(blocking=False):
+        return
+    try:
         hit = _MEMO.get(key)
         if hit is not None and hit[0] is ref:
             del _MEMO[key]
+    finally:
+        _MEMO_LOCK.release()
 
 
 def round_memo(
@@ -86,9 +93,12 @@ def round_memo(
             return value
     value = compute()
     ref = weakref.ref(x)
+    finalizer = weakref.finalize(x, _forget, key, ref)
     with _MEMO_LOCK:
-        _MEMO[key] = (ref, mark, value)
-    weakref.finalize(x, _forget, key, ref)
+        old = _MEMO.get(key)
+        _MEMO[key] = (ref, mark, value, finalizer)
+    if old is not None:
+        old[3].detach()  # one finalizer per live entry
     return value
 
 

@@ -244,6 +244,8 @@ class EntropySignal:
         rows, known = assign_rows(st.index, keys)
         st.recent = grow(st.recent, len(st.index), math.nan)
         st.symbols = grow(st.symbols, len(st.index), -1)
+        # A client without a stored last projection (dropped with an old space) starts over.
+        known = known & ~st.recent[rows, -1].isnan().any(dim=1)
 
         repeat = torch.zeros(n, dtype=torch.bool)
         if bool(known.any()):
@@ -296,8 +298,10 @@ class EntropySignal:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (for the same ``bits`` and ``window``). A state
-        saved before the projections ran on the round sketch (no ``space``) keeps its symbols;
-        its stored projections are dropped at the next round if the space differs."""
+        without ``space`` (saved before the projections were tagged with their space) keeps its
+        symbols; its stored projections are taken as projections of the updates themselves and
+        dropped at the next round if the space differs (the client's next participation then
+        emits no symbol, as a first one)."""
         if "space" not in state and set(state) == {"client_ids", "recent", "symbols", "dim"}:
             state = {**state, "space": state["dim"]}
         check_state_keys("entropy", state, {"client_ids", "recent", "symbols", "dim", "space"})

@@ -133,7 +133,8 @@ class PoGQSignal:
 
     an exponential moving average with ``memory`` :math:`\alpha` (default 0.8: an effective memory
     of about 5 participations), bias-corrected over the client's :math:`t_i` participations so far
-    (as in Adam), so the first participation counts at its face value and the early ones are a
+    (as in Adam; with the harm memory below the corrections are :math:`1 - \prod_s a_s` over the
+    memories :math:`a_s` actually used), so the first participation counts at its face value and the early ones are a
     plain weighted mean. :math:`\alpha = 0` is the memoryless score of one round. The
     reference :math:`D` is computed from improving updates only, so harmful updates cannot move it
     no matter how many there are, and :math:`x` is scale-free (invariant to rescaling the loss or
@@ -152,17 +153,19 @@ class PoGQSignal:
     validation loss round after round (a client with a skewed label mix pulls the model towards
     its classes): on evidence alone the two overlap. What separates them is direction. Each round
     the signal takes, among the updates with positive evidence and a norm ratio within the guard
-    (:math:`\rho \le \kappa`), the :math:`k = \max(3, \lceil q n\rceil)` with the best evidence
-    (``consensus_fraction`` :math:`q = 0.25`; fewer than three such updates: no consensus this
-    round, and nobody's running cosine moves), their mean unit direction :math:`r = \frac1k
+    (:math:`\rho \le \kappa`), the :math:`k = \min(m, \max(3, \lceil q n\rceil))` with the best
+    evidence (``consensus_fraction`` :math:`q = 0.25`, :math:`m` the number of such updates, ties
+    broken by ``torch.topk``; when :math:`m < 3` or the mean direction below is zero there is no
+    consensus this round, and nobody's running cosine moves), their mean unit direction :math:`r = \frac1k
     \sum_{j \in T} u_j / \lVert u_j\rVert` (float64), and measures :math:`c_i = \cos(u_i, r)` (one
     more matrix–vector product). An update that makes the validation loss worse never enters
     :math:`T`, whoever holds the majority. An honest client, even one whose update costs
     validation loss, still shares the task's common direction (:math:`c_i > 0`); a flipped copy
     points away (:math:`c_i < 0`). Each client keeps a running :math:`\bar c_i` (same memories and
     bias correction as :math:`e_i`, over the rounds that had a consensus), and the scale is the
-    running typical cosine :math:`C` (the same moving average of the round's median positive
-    :math:`c_j`; cosines shrink as training converges, so the cut is in units of :math:`C`).
+    running typical cosine :math:`C`: a bias-corrected moving average (``memory`` only) of the
+    round's median positive :math:`c_j` (cosines shrink as training converges, so the cut is in
+    units of :math:`C`).
 
     **Score.**
 
@@ -170,15 +173,15 @@ class PoGQSignal:
 
         s_i = \gamma(\rho_i)\,\min\!\left(
               \operatorname{clip}\!\left(\frac{e_i + \lambda}{\beta + \lambda}, 0, 1\right),\;
-              \kappa_i\right), \qquad
-        \kappa_i = \begin{cases} 1 & e_i \ge \beta \\
+              \chi_i\right), \qquad
+        \chi_i = \begin{cases} 1 & e_i \ge \beta \\
               \operatorname{clip}\!\left(\dfrac{\bar c_i / C + \lambda_c}{\beta_c + \lambda_c},
               0, 1\right) & \text{otherwise} \end{cases}
 
     with ``reference_fraction`` :math:`\beta = 0.2`, ``harm_tolerance`` :math:`\lambda = 3`,
     ``consensus_reference`` :math:`\beta_c = 0.2` and ``consensus_tolerance`` :math:`\lambda_c =
-    0.4`. With the composite's default weights and ``safe_score`` 0.75 a client is flagged only
-    when :math:`s_i < 0.375`: running evidence below :math:`-1.8` typical improvements (a client
+    0.4`. With the composite's default weights and ``safe_score`` 0.75, PoGQ alone makes a client
+    flagged only when :math:`s_i < 0.375` (lower TCDM or entropy scores raise that cut): running evidence below :math:`-1.8` typical improvements (a client
     that keeps doing far more harm than a typical client does good), or — for a client without
     good evidence of its own — a running cosine below :math:`-0.175\,C` (pointing away from the
     validated consensus). The factor :math:`\gamma(\rho_i)` of this round's norm ratio makes a
@@ -366,6 +369,7 @@ class PoGQSignal:
                     cosine if cosine is not None else torch.full_like(running, math.nan)
                 ),
                 "running_consensus": running_cos,
+                "has_consensus": known.to(torch.float64),
                 "consensus_scale": torch.full_like(running, scale),
                 "quality_score": quality,
                 "consensus_score": consensus,
@@ -386,7 +390,7 @@ class PoGQSignal:
         when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. One
         matrix–vector product over the updates."""
         n = updates.shape[0]
-        eligible = (evidence > 0) & (ratio <= self.norm_guard)
+        eligible = (evidence > 0) & (ratio <= self.norm_guard) & (norms > 0)
         available = int(eligible.sum())
         if self.consensus_fraction == 0 or available < 3:
             return None
@@ -505,7 +509,7 @@ class PoGQSignal:
     def state_dict(self) -> dict[str, Any]:
         """``{"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}``: the ids in row
         order; their biased moving averages of evidence :math:`m_i` and its bias corrections
-        :math:`1 - \\alpha^{t_i}`; the same for the consensus cosines (over the rounds that had a
+        (:math:`1 - \\prod_s a_s`); the same for the consensus cosines (over the rounds that had a
         consensus); and ``[biased typical cosine, its correction]`` (copies)."""
         st = self._state
         return {
@@ -525,7 +529,7 @@ class PoGQSignal:
             self.reset()
             return
         if set(state) == {"client_ids", "mean", "weight"}:
-            n_old = len(state["client_ids"])
+            n_old = len(state_client_ids("pogq", state["client_ids"]))
             state = {**state, "cos": [0.0] * n_old, "cos_weight": [0.0] * n_old}
             state["scale"] = [0.0, 0.0]
         keys = {"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}
@@ -542,6 +546,9 @@ class PoGQSignal:
             raise ValueError("pogq: state evidence must be finite")
         if not bool(((rows["weight"] > 0) & (rows["weight"] <= 1)).all()):
             raise ValueError("pogq: state weights must be in (0, 1]")
+        bound = self.evidence_clip * rows["weight"] * (1 + 1e-12)
+        if not bool((rows["mean"].abs() <= bound).all()):
+            raise ValueError("pogq: state evidence must satisfy |mean| <= evidence_clip * weight")
         cw = rows["cos_weight"]
         if not bool(((cw >= 0) & (cw <= 1) & (rows["cos"].abs() <= cw + 1e-12)).all()):
             raise ValueError("pogq: state cos_weight must be in [0, 1] with |cos| <= cos_weight")
@@ -599,7 +606,11 @@ def _fold(
     m, w = mean[rows], weight[rows]
     seen = w > 0
     current = torch.where(seen, m / torch.where(seen, w, 1.0), x)
-    a = torch.where(x < current, harm_memory, memory).to(torch.float64)
+    a = torch.where(
+        x < current,
+        torch.tensor(harm_memory, dtype=torch.float64),
+        torch.tensor(memory, dtype=torch.float64),
+    )
     mean[rows] = a * m + (1.0 - a) * x
     weight[rows] = a * w + (1.0 - a)
 
