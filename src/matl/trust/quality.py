@@ -157,8 +157,8 @@ class PoGQSignal:
     evidence (``consensus_fraction`` :math:`q = 0.25`, :math:`m` the number of such updates, ties
     broken by ``torch.topk``; when :math:`m < 3` or the mean direction below is zero there is no
     consensus this round, and nobody's running cosine moves), their mean unit direction :math:`r = \frac1k
-    \sum_{j \in T} u_j / \lVert u_j\rVert` (float64), and measures :math:`c_i = \cos(u_i, r)` (one
-    more matrix–vector product). An update that makes the validation loss worse never enters
+    \sum_{j \in T} u_j / \lVert u_j\rVert`, and measures :math:`c_i = \cos(u_i, r)` (two
+    more matrix–vector products). An update that makes the validation loss worse never enters
     :math:`T`, whoever holds the majority. An honest client, even one whose update costs
     validation loss, still shares the task's common direction (:math:`c_i > 0`); a flipped copy
     points away (:math:`c_i < 0`). Each client keeps a running :math:`\bar c_i` (same memories and
@@ -384,11 +384,11 @@ class PoGQSignal:
         ratio: torch.Tensor,
     ) -> torch.Tensor | None:
         r"""Cosines :math:`c_i = \cos(u_i, r)` of every update to the round's validated consensus
-        :math:`r`: the mean unit direction (in float64) of the :math:`\max(3, \lceil q n\rceil)`
+        :math:`r`: the mean unit direction of the :math:`\max(3, \lceil q n\rceil)`
         updates with the best evidence this round among those with positive evidence and a norm
         ratio within the guard (:math:`\rho \le \kappa`). ``None`` — no consensus this round —
-        when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. One
-        matrix–vector product over the updates."""
+        when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. Two
+        matrix–vector products over the updates (one for :math:`r`, one for the cosines)."""
         n = updates.shape[0]
         eligible = (evidence > 0) & (ratio <= self.norm_guard) & (norms > 0)
         available = int(eligible.sum())
@@ -396,13 +396,20 @@ class PoGQSignal:
             return None
         k = min(available, max(3, math.ceil(self.consensus_fraction * n)))
         top = torch.topk(torch.where(eligible, evidence, -math.inf), k).indices
+        # r as one weighted sum over all rows (weights 1/(k‖u_j‖) on the set, 0 elsewhere): a
+        # matrix–vector product, no gathered copy of the set. Half-precision input is read in
+        # float32, so that 1/‖u‖ cannot overflow.
+        work = updates.detach()
+        if work.dtype not in (torch.float32, torch.float64):
+            work = work.float()
+        weight = torch.zeros(n, dtype=torch.float64)
+        weight[top] = 1.0 / (k * norms[top])
         with torch.no_grad():
-            unit = updates[top].detach().to(torch.float64) / norms[top].unsqueeze(1)
-            ref = unit.mean(dim=0)
-            ref_norm = float(torch.linalg.vector_norm(ref))
+            ref = weight.to(work.dtype) @ work
+            ref_norm = float(torch.linalg.vector_norm(ref.to(torch.float64)))
             if not ref_norm > 0:
                 return None
-            dots = (updates.detach() @ (ref / ref_norm).to(updates.dtype)).to(torch.float64)
+            dots = (work @ (ref / ref_norm)).to(torch.float64)
         return torch.where(norms > 0, dots / norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
 
     def map_consensus(
