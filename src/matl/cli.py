@@ -133,7 +133,8 @@ def demo(
         list[str] | None, typer.Option("--set", help="Override a demo key (e.g. rounds=5).")
     ] = None,
 ) -> None:
-    """The main job: FedAvg vs median vs Krum on real MNIST, 50 clients, 20 % sign flipping."""
+    """The main job: FedAvg, median, Krum and MATL Modes 0 and 1 on real MNIST, 50 clients, 20 %
+    sign flipping."""
     from matl.experiments.config_io import apply_overrides
     from matl.experiments.demo import DEMO_CONFIG, DEMO_DEFENSES, run_demo
 
@@ -151,7 +152,9 @@ def demo(
             )
     except MATLError as exc:
         raise _fail(exc) from None
-    table = Table(title="MNIST, 50 clients, Dirichlet α=0.5, 20% sign-flip (scale 4)")
+    table = Table(
+        title=f"MNIST, 50 clients, Dirichlet α=0.5, 20% sign-flip (scale 4), {rounds} rounds"
+    )
     for col in ("defense", "final accuracy", "best accuracy", "seconds", "outputs"):
         table.add_column(col)
     rows = []

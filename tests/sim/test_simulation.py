@@ -152,6 +152,15 @@ def test_real_mnist_demo_setting_learns_and_median_beats_fedavg(tmp_path: Path) 
     assert acc["median"] > 0.8
     assert acc["krum"] > 0.7
     assert acc["fedavg"] < acc["median"]
+    assert acc["matl-mode1"] > acc["median"]  # validated trust beats the median here
+
+
+def test_demo_rejects_an_unknown_defense(tmp_path: Path) -> None:
+    from matl.errors import ConfigError
+    from matl.experiments.demo import run_demo
+
+    with pytest.raises(ConfigError, match="unknown defense"):
+        run_demo(tmp_path, defenses=("fedavg", "nope"))
 
 
 def test_rejections_lower_f_so_krum_keeps_its_precondition(data) -> None:
