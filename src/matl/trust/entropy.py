@@ -39,7 +39,7 @@ from matl.trust._util import (
     unit_rows,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import gaussian_projection, round_sketch
+from matl.trust.sketch import gaussian_projection, round_sketch, sketch_width
 
 __all__ = ["EntropySignal", "window_entropy"]
 
@@ -204,8 +204,7 @@ class EntropySignal:
     def space(self, d: int) -> int:
         """Width of the space projected for ``d``-parameter updates: the sketch width, or ``d``
         when the round sketch is the updates themselves."""
-        k = self.sketch_dim
-        return d if k is None or d <= 4 * k else k
+        return sketch_width(d, self.sketch_dim)
 
     def project(self, updates: torch.Tensor) -> torch.Tensor:
         r"""``(n, k)`` float64 projections :math:`p_i = R^\top z_i / \lVert z_i\rVert` of the

@@ -384,9 +384,9 @@ class PoGQSignal:
         ratio: torch.Tensor,
     ) -> torch.Tensor | None:
         r"""Cosines :math:`c_i = \cos(u_i, r)` of every update to the round's validated consensus
-        :math:`r`: the mean unit direction of the :math:`\max(3, \lceil q n\rceil)`
-        updates with the best evidence this round among those with positive evidence and a norm
-        ratio within the guard (:math:`\rho \le \kappa`). ``None`` — no consensus this round —
+        :math:`r`: the mean unit direction of the :math:`\min(m, \max(3, \lceil q n\rceil))`
+        updates with the best evidence this round among the :math:`m` with positive evidence, a
+        nonzero norm and a norm ratio within the guard (:math:`\rho \le \kappa`). ``None`` — no consensus this round —
         when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. Two
         matrix–vector products over the updates (one for :math:`r`, one for the cosines)."""
         n = updates.shape[0]

@@ -68,7 +68,7 @@ __all__ = [
     "pairwise_cosines",
     "round_sketch",
     "sketch_cosines",
-    "sketch_or_identity",
+    "sketch_width",
 ]
 
 #: Longest run of coordinates summed as one unit of the two-level count sketch.
@@ -136,8 +136,14 @@ def count_sketch(x: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
     return out.to(torch.float64)
 
 
+def sketch_width(d: int, k: int | None) -> int:
+    """Width of the round sketch of ``d``-parameter rows at width ``k``: ``d`` itself when ``k`` is
+    ``None`` or ``d ≤ 4k`` (the rows are used exactly), else ``k``."""
+    return d if k is None or d <= 4 * k else k
+
+
 def _exact(x: torch.Tensor, k: int | None) -> bool:
-    return k is None or x.shape[1] <= 4 * k
+    return sketch_width(x.shape[1], k) == x.shape[1]
 
 
 def round_sketch(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tensor:
@@ -150,11 +156,6 @@ def round_sketch(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tens
         return round_memo("rows", x, None, 0, lambda: x.detach().to(torch.float64, copy=True))
     assert k is not None
     return round_memo("sketch", x, k, seed, lambda: count_sketch(x, k, seed=seed))
-
-
-def sketch_or_identity(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tensor:
-    """A private copy of :func:`round_sketch` (the caller may modify it)."""
-    return round_sketch(x, k, seed=seed).clone()
 
 
 def pairwise_cosines(z: torch.Tensor) -> torch.Tensor:
