@@ -10,6 +10,7 @@ import torch
 from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import TCDM, CommunitySignal, Signal, TemporalSignal
+from matl.trust._util import robust_z
 from matl.trust.tcdm import pairwise_cosines
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
@@ -44,6 +45,99 @@ def test_sleeper_switch_lowers_temporal_consistency(honest_rounds: Rounds) -> No
             honest_min = min(honest_min, float(res.scores.min()))
     print(f"temporal: min honest score over 8 rounds: {honest_min:.3f}")
     assert honest_min > 0.9
+
+
+def test_nearly_half_switching_at_once_is_still_caught(honest_rounds: Rounds) -> None:
+    """9 of 20 clients flip in the same round. The two-sided MAD would sit in the gap between the
+    two groups; the scale from the upper half does not."""
+    sig = TemporalSignal()
+    for u, ctx in honest_rounds(9, scheme="dirichlet", model="mlp"):
+        if ctx.round == 8:
+            u[:9] = -u[:9]
+        res = sig(u, ctx)
+    consistency = res.raw["consistency"]
+    assert float(res.scores[:9].max()) < 0.01
+    assert float(res.scores[9:].min()) > 0.9
+    # the same round under the two-sided scale: the switchers' z-scores shrink
+    z_both, _, s_both = robust_z(consistency, 1e-9)
+    z_up, _, s_up = robust_z(consistency, 1e-9, scale_from="upper")
+    assert s_both > s_up
+    assert float(-z_up[:9].max()) > float(-z_both[:9].max())
+
+
+def test_upper_scale_keeps_a_large_switching_minority_apart() -> None:
+    """A switching round like the measured one (45 % sleepers on MNIST: honest consistency around
+    0.5, switchers -0.6 to -0.3): the two-sided MAD is inflated by the switchers (here 0.26, the
+    honest spread alone gives about 0.07) and the closest switcher sits at z = 3.9 (score 0.7); the
+    upper-half scale puts every switcher at z >= 5 (score <= 0.14, the farthest at 7)."""
+    honest = torch.linspace(0.40, 0.60, 27, dtype=torch.float64)
+    switched = torch.linspace(-0.6, -0.3, 23, dtype=torch.float64)
+    t = torch.cat([switched, honest])
+    z_both, _, s_both = robust_z(t, 0.1)
+    z_up, _, s_up = robust_z(t, 0.1, scale_from="upper")
+    assert s_both > 1.8 * s_up
+    assert float(-z_both[:23].max()) < 4.0
+    assert float(-z_up[:23].max()) > 4.95
+
+
+def test_robust_z_scales() -> None:
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 10.0], dtype=torch.float64)
+    # median 2.5; |x - med| = 2.5 1.5 0.5 0.5 1.5 7.5 -> MAD 1.5; upper half 0.5 1.5 7.5 -> 1.5
+    _, med, s = robust_z(x, 0.0)
+    assert med == 2.5 and s == pytest.approx(1.4826 * 1.5)
+    y = torch.tensor([-9.0, -8.0, 1.0, 1.1, 1.2, 1.3, 1.4], dtype=torch.float64)
+    # median 1.1; upper deviations 0 0.1 0.2 0.3 -> 0.15; two-sided 9.1 8.1 0.1 0 0.1 0.2 0.3 -> 0.2
+    _, med, s_up = robust_z(y, 0.0, scale_from="upper")
+    assert med == pytest.approx(1.1) and s_up == pytest.approx(1.4826 * 0.15)
+    assert robust_z(y, 1.0, scale_from="upper")[2] == 1.0  # the floor
+
+
+def test_an_anomalous_update_is_absorbed_slowly(honest_rounds: Rounds) -> None:
+    """A sleeper that keeps flipping from round 6 on: with memory 0.7 for every update it looks
+    consistent again after three rounds; its first ``anomaly_rounds`` failing updates are absorbed
+    with memory 0.95, which keeps it failing two rounds longer, and without the cap on the streak
+    it would fail for good."""
+    failed = {}
+    for label, kwargs in (
+        ("default", {}),
+        ("plain", {"anomaly_decay": 0.7}),
+        ("off", {"anomaly_rounds": 0}),
+        ("uncapped", {"anomaly_rounds": 100}),
+    ):
+        sig = TemporalSignal(**kwargs)  # type: ignore[arg-type]
+        fails = []
+        for u, ctx in honest_rounds(12, scheme="dirichlet", model="mlp"):
+            if ctx.round >= 6:
+                u[0] = -u[0]
+            res = sig(u, ctx)
+            fails.append(float(res.scores[0]) < 0.5)
+            assert float(res.scores[1:].min()) > 0.9
+        failed[label] = fails[6:]
+    assert failed["plain"] == failed["off"]
+    assert sum(failed["plain"]) < sum(failed["default"]) < sum(failed["uncapped"]) == 6
+    assert failed["default"][:5] == [True] * 5
+
+
+def test_temporal_streak_state(honest_rounds: Rounds) -> None:
+    rounds = list(honest_rounds(8, scheme="dirichlet", model="mlp"))
+    a = TemporalSignal()
+    for u, ctx in rounds[:7]:
+        if ctx.round >= 5:
+            u[0] = -u[0]
+        a(u, ctx)
+    state = a.state_dict()
+    assert int(state["streak"][0]) == 2 and int(state["streak"][1:].max()) == 0
+    b, old = TemporalSignal(), TemporalSignal()
+    b.load_state_dict(state)
+    old.load_state_dict({k: v for k, v in state.items() if k != "streak"})  # an older checkpoint
+    assert old.state_dict()["streak"].tolist() == [0] * 20
+    u, ctx = rounds[7]
+    u[0] = -u[0]
+    assert torch.equal(a(u.clone(), ctx).scores, b(u.clone(), ctx).scores)
+    with pytest.raises(ValueError):
+        TemporalSignal().load_state_dict({**state, "streak": state["streak"][:3]})
+    with pytest.raises(ValueError):
+        TemporalSignal().load_state_dict({**state, "streak": -state["streak"] - 1})
 
 
 def test_no_history_is_neutral_and_first_round_is_neutral() -> None:
@@ -264,8 +358,11 @@ def test_tcdm_product_and_mean(honest_rounds: Rounds) -> None:
         "max_cosine",
     ):
         assert key in rp.raw
-    torch.testing.assert_close(rp.scores, rp.raw["temporal"] * rp.raw["community"])
-    torch.testing.assert_close(rm.scores, 0.25 * rm.raw["temporal"] + 0.75 * rm.raw["community"])
+    torch.testing.assert_close(
+        rp.scores, rp.raw["temporal"] * rp.raw["innovation_score"] * rp.raw["community"]
+    )
+    temporal = rm.raw["temporal"] * rm.raw["innovation_score"]
+    torch.testing.assert_close(rm.scores, 0.25 * temporal + 0.75 * rm.raw["community"])
     assert float(rp.scores[0]) < 0.01
     assert float(rp.scores[4:9].max()) < 0.2
     assert float(rp.scores[torch.tensor([1, 2, 3, *range(9, 20)])].min()) > 0.9
@@ -291,6 +388,8 @@ def test_tcdm_accepts_dicts_and_round_trips_state(honest_rounds: Rounds) -> None
     ("cls", "kwargs"),
     [
         (TemporalSignal, {"decay": 1.0}),
+        (TemporalSignal, {"anomaly_decay": 1.0}),
+        (TemporalSignal, {"anomaly_rounds": -1}),
         (TemporalSignal, {"z0": -1.0}),
         (TemporalSignal, {"scale_floor": 0.0}),
         (TemporalSignal, {"neutral": 1.5}),

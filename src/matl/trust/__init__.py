@@ -19,6 +19,7 @@ from matl.trust.composite import (
     mode_weights,
 )
 from matl.trust.entropy import EntropySignal
+from matl.trust.innovation import InnovationSignal
 from matl.trust.modes import MODES, Mode0, Mode1
 from matl.trust.peer import PeerSignal
 from matl.trust.quality import PoGQSignal
@@ -37,6 +38,7 @@ __all__ = [
     "CommitteeDecision",
     "CommunitySignal",
     "EntropySignal",
+    "InnovationSignal",
     "MATLRule",
     "Mode0",
     "Mode1",

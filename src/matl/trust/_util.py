@@ -10,7 +10,7 @@ import numbers
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -133,11 +133,52 @@ def median(x: torch.Tensor) -> float:
     return float(torch.quantile(x.to(torch.float64), 0.5))
 
 
-def robust_z(x: torch.Tensor, floor: float) -> tuple[torch.Tensor, float, float]:
-    """``((x − med) / s, med, s)`` with ``s = max(1.4826 · MAD(x), floor)`` (float64)."""
+def fold_running_mean(
+    mean: torch.Tensor,
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    x: torch.Tensor,
+    memory: float,
+    harm_memory: float | None = None,
+) -> None:
+    r"""In place, one step of the bias-corrected moving average of ``x`` at ``rows``.
+
+    :math:`m \leftarrow a\,m + (1 - a)\,x`, :math:`w \leftarrow a\,w + (1 - a)`, read as
+    :math:`m / w` (Adam's bias correction: a client with one observation reads exactly that
+    observation). :math:`a` is ``harm_memory`` where ``x`` is below the current running value and
+    ``memory`` elsewhere (``harm_memory=None``: ``memory`` everywhere). ``mean`` and ``weight`` are
+    float64 tables indexed by ``rows``.
+    """
+    m, w = mean[rows], weight[rows]
+    seen = w > 0
+    current = torch.where(seen, m / torch.where(seen, w, 1.0), x)
+    down = memory if harm_memory is None else harm_memory
+    a = torch.where(
+        x < current,
+        torch.tensor(down, dtype=torch.float64),
+        torch.tensor(memory, dtype=torch.float64),
+    )
+    mean[rows] = a * m + (1.0 - a) * x
+    weight[rows] = a * w + (1.0 - a)
+
+
+def robust_z(
+    x: torch.Tensor, floor: float, scale_from: Literal["both", "upper"] = "both"
+) -> tuple[torch.Tensor, float, float]:
+    r"""``((x − med) / s, med, s)`` with ``s = max(1.4826 · MAD, floor)`` (float64).
+
+    ``scale_from="both"``: the MAD over all of ``x``. ``scale_from="upper"``: the median of
+    :math:`x_i - \operatorname{med}` over the values at or above the median only — for a one-sided
+    test of *low* values, whose scale a large group of low outliers must not inflate. Both equal
+    :math:`0.674\,\sigma` for a symmetric distribution; with a fraction :math:`\varepsilon < 1/2`
+    of the values far below the rest, the two-sided MAD lands in the gap between the groups as
+    :math:`\varepsilon \to 1/2` (measured: 45 % switching sleepers raised it from 0.09 to 0.31 in
+    cosine units and hid them), while the upper one stays on the clean side.
+    """
     x = x.to(torch.float64)
     med = median(x)
-    scale = max(MAD_SCALE * median((x - med).abs()), floor)
+    spread = (x - med).abs() if scale_from == "both" else x[x >= med] - med
+    scale = max(MAD_SCALE * median(spread), floor)
     return (x - med) / scale, med, scale
 
 

@@ -32,6 +32,7 @@ from matl.trust._util import (
     check_number,
     check_rows,
     check_state_keys,
+    fold_running_mean,
     grow,
     median,
     row_norms,
@@ -462,9 +463,9 @@ class PoGQSignal:
         st.cos, st.cos_weight = grow(st.cos, size, 0.0), grow(st.cos_weight, size, 0.0)
         a = self.memory
         down = a if self.harm_memory is None else min(self.harm_memory, a)
-        _fold(st.mean, st.weight, rows, evidence, a, down)
+        fold_running_mean(st.mean, st.weight, rows, evidence, a, down)
         if cosine is not None:
-            _fold(st.cos, st.cos_weight, rows, cosine, a, down)
+            fold_running_mean(st.cos, st.cos_weight, rows, cosine, a, down)
             typical = _typical(cosine)
             if typical > 0:
                 st.scale = [a * st.scale[0] + (1.0 - a) * typical, a * st.scale[1] + (1.0 - a)]
@@ -598,28 +599,6 @@ class _Evidence:
     cos_weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: ``[biased moving average of the typical cosine, its bias correction]``.
     scale: list[float] = field(default_factory=lambda: [0.0, 0.0])
-
-
-def _fold(
-    mean: torch.Tensor,
-    weight: torch.Tensor,
-    rows: torch.Tensor,
-    x: torch.Tensor,
-    memory: float,
-    harm_memory: float,
-) -> None:
-    """In place, the bias-corrected moving average of ``x`` at ``rows``: memory ``harm_memory``
-    where ``x`` is below the current running value, ``memory`` elsewhere."""
-    m, w = mean[rows], weight[rows]
-    seen = w > 0
-    current = torch.where(seen, m / torch.where(seen, w, 1.0), x)
-    a = torch.where(
-        x < current,
-        torch.tensor(harm_memory, dtype=torch.float64),
-        torch.tensor(memory, dtype=torch.float64),
-    )
-    mean[rows] = a * m + (1.0 - a) * x
-    weight[rows] = a * w + (1.0 - a)
 
 
 def _typical(cosine: torch.Tensor) -> float:
