@@ -51,7 +51,8 @@ def test_added_noise_is_caught_and_honest_clients_are_not(
             assert float(res.scores[:5].max()) < 0.05, ctx.round
             assert float(res.scores[5:].min()) == 1.0, ctx.round
     running = res.raw["running_innovation"]
-    assert float(running[:5].min()) > 2 * float(running[5:].max())
+    assert float(running[:5].min()) > threshold + 2 * sig.width  # each observation counts <= 4T/3
+    assert float(running[5:].max()) < threshold - 2 * sig.width
 
 
 def test_a_single_switch_does_not_fail_a_settled_client(honest_rounds: Rounds) -> None:
@@ -73,13 +74,16 @@ def test_a_single_switch_does_not_fail_a_settled_client(honest_rounds: Rounds) -
 
 
 def test_a_low_innovation_minority_does_not_frame_honest_clients(honest_rounds: Rounds) -> None:
-    """9 of 20 clients send the same vector every round (ALIE-like: tiny innovation). The
-    reference is the median deviation, which stays among the honest clients."""
+    """9 of 20 clients send the same vector every round (ALIE/IPM-like: tiny deviation, tiny
+    innovation). They form a tight group and stay out of the reference, the median deviation of
+    the honest clients."""
     sig = InnovationSignal()
     for u, ctx in honest_rounds(12, scheme="dirichlet", model="mlp"):
         u[:9] = u[9:].mean(dim=0)
         res = sig(u, ctx)
         assert float(res.scores[9:].min()) == 1.0, ctx.round
+        # a tight group is one voice: its members stay out of the reference
+        assert res.raw["excluded_from_reference"].tolist() == [1.0] * 9 + [0.0] * 11
 
 
 def test_only_consecutive_participations_are_compared() -> None:
@@ -105,7 +109,7 @@ def test_without_context_calls_are_rounds() -> None:
     assert bool(torch.isfinite(sig(u * 1.1).raw["innovation"]).all())
 
 
-def test_running_value_is_the_bias_corrected_clipped_average() -> None:
+def test_running_value_is_the_bias_corrected_average() -> None:
     """Hand-checked: deviations from the coordinate-wise median in 1-D."""
     sig = InnovationSignal(memory=0.5, min_observations=1, sketch_dim=None)
     ids = RoundContext(client_ids=(0, 1, 2))
@@ -115,8 +119,8 @@ def test_running_value_is_the_bias_corrected_clipped_average() -> None:
     torch.testing.assert_close(
         out[1].raw["innovation"], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     )
-    # round 2: deviations (-1, 0, 1), median 1: x = (0, 0, 1); running = (0.5·1 + 1)/(0.5 + 1)
-    # for client 2 after the 0.5-weight first observation: (0.25·1 + 0.5·1)/(0.25 + 0.5) = 1
+    # round 2: deviations (-1, 0, 1), median 1: x = (0, 0, 1) again; client 2's running value
+    # (memory 0.5): (0.5 · 0.5 · 1 + 0.5 · 1) / (0.5 · 0.5 + 0.5) = 1
     torch.testing.assert_close(
         out[2].raw["running_innovation"], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     )
@@ -219,3 +223,145 @@ def test_tcdm_loads_a_state_saved_before_the_innovation_test(honest_rounds: Roun
     with pytest.raises(ConfigError):
         TCDM(innovation=3)  # type: ignore[arg-type]
     assert TCDM(innovation={"threshold": 2.0}).innovation.threshold == 2.0  # type: ignore[union-attr]
+
+
+def test_the_reference_leaves_out_clients_over_the_threshold(honest_rounds: Rounds) -> None:
+    """9 of 20 clients add noise. Once they are over the threshold they leave the reference (the
+    median deviation over the others), which is checked by hand on the exact rows."""
+    sig = InnovationSignal()
+    g = torch.Generator().manual_seed(7)
+    previous = None
+    for u, ctx in honest_rounds(10, scheme="dirichlet", model="mlp"):
+        _add_noise(u, slice(0, 9), g, sigma=2.0)
+        res = sig(u, ctx)
+        x = u.to(torch.float64)
+        deviation = x - x.median(dim=0).values
+        excluded = res.raw["excluded_from_reference"].bool()
+        if ctx.round >= 5:
+            assert excluded.tolist() == [True] * 9 + [False] * 11, ctx.round
+        if previous is not None:
+            norms = torch.linalg.vector_norm(deviation, dim=1)
+            reference = float(torch.quantile(norms[~excluded], 0.5))
+            expected = torch.linalg.vector_norm(deviation - previous, dim=1) / reference
+            torch.testing.assert_close(res.raw["innovation"], expected)
+        previous = deviation
+    assert float(res.scores[:9].max()) < 0.05 and float(res.scores[9:].min()) == 1.0
+
+
+def test_the_reference_keeps_everyone_when_fewer_than_three_would_remain() -> None:
+    g = torch.Generator().manual_seed(2)
+    sig = InnovationSignal(min_observations=1, threshold=0.01, sketch_dim=None)
+    base = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    for _ in range(4):
+        res = sig(base + torch.randn(4, 8, generator=g, dtype=torch.float64))
+    assert res.raw["excluded_from_reference"].tolist() == [0.0] * 4
+
+
+#: Six clients around the centre 0 (coordinate-wise medians 0 with client 0 at 0 or at (100, 0)),
+#: median deviation norm 1, no three of them parallel.
+_REST = [[0.0, 1.0], [0.0, -1.0], [-1.0, 0.0], [0.6, 0.8], [-0.8, 0.6], [1.5, -1.5]]
+
+
+def _settled_state(running: float) -> dict[str, object]:
+    """Seven clients with 2-D deviations from round 9 (:data:`_REST` and client 0 at the centre),
+    ten observations each; client 0's running value is ``running``, the others' 1.0."""
+    weight = torch.full((7,), 0.99, dtype=torch.float64)
+    mean = weight.clone()
+    mean[0] = running * 0.99
+    return {
+        "client_ids": list(range(7)),
+        "deviation": torch.tensor([[0.0, 0.0], *_REST], dtype=torch.float64),
+        "last_round": torch.full((7,), 9, dtype=torch.int64),
+        "mean": mean,
+        "mean_all": mean.clone(),
+        "weight": weight,
+        "count": torch.full((7,), 10, dtype=torch.int64),
+        "dim": 2,
+        "round": 10,
+    }
+
+
+@pytest.mark.parametrize(("running", "passes"), [(1.2, True), (1.3, False)])
+def test_a_one_off_excursion_from_a_high_settled_value(running: float, passes: bool) -> None:
+    """Client 0 jumps far away and back (two observations far above the clip 4T/3 = 2). From a
+    settled 1.2 its running value peaks at 0.64·1.2 + 0.72 = 1.49 < T (bias correction aside), so
+    it is never penalised; from 1.3 it reaches 1.55 and is."""
+    sig = InnovationSignal(sketch_dim=None)
+    sig.load_state_dict(_settled_state(running))
+    scores = []
+    for value in (100.0, 0.0):
+        res = sig(torch.tensor([[value, 0.0], *_REST], dtype=torch.float64))
+        assert float(res.raw["innovation"][0]) == pytest.approx(100.0)
+        scores.append(float(res.scores[0]))
+    peak = float(res.raw["running_innovation"][0])
+    assert peak == pytest.approx((0.8 * (0.8 * running * 0.99 + 0.4) + 0.4) / 0.9936)
+    assert (min(scores) == 1.0) is passes
+
+
+def test_bad_states_are_rejected_before_they_can_make_nan_or_zero_scores() -> None:
+    good = _settled_state(1.0)
+    InnovationSignal().load_state_dict(good)
+    weight = good["weight"].clone()  # type: ignore[union-attr]
+    weight[0] = 0.0  # observed ten times but no weight: the running value would be 0/0
+    tiny = good["weight"].clone()  # type: ignore[union-attr]
+    tiny[0] = 1e-12  # a running value of 1e12
+    unseen = good["count"].clone()  # type: ignore[union-attr]
+    unseen[1] = 0  # never observed but with weight
+    for bad in (
+        {"weight": weight},
+        {"weight": tiny},
+        {"count": unseen},
+        {"round": 9},  # not after the last participation
+        {"round": 10.5},
+        {"round": True},
+    ):
+        with pytest.raises(ValueError):
+            InnovationSignal().load_state_dict({**good, **bad})
+
+
+def test_a_round_without_reference_stores_nothing_to_compare_with(honest_rounds: Rounds) -> None:
+    """A one-client round has no median deviation (it is 0): the next round does not compare
+    client 0 with that round's meaningless deviation."""
+    sig = InnovationSignal(min_observations=1)
+    rounds = list(honest_rounds(5, scheme="dirichlet", model="mlp"))
+    for u, ctx in rounds[:3]:
+        sig(u, ctx)
+    u, ctx = rounds[3]
+    lone = sig(u[:1], RoundContext(client_ids=(0,)))
+    assert bool(torch.isnan(lone.raw["innovation"]).all())
+    u, ctx = rounds[4]
+    res = sig(u, ctx)
+    assert bool(torch.isnan(res.raw["innovation"][0]))
+
+
+def test_tcdm_load_is_all_or_nothing(honest_rounds: Rounds) -> None:
+    rounds = list(honest_rounds(3))
+    a = TCDM()
+    for u, ctx in rounds:
+        a(u, ctx)
+    state = a.state_dict()
+    broken = {**state, "innovation": {**state["innovation"], "round": -5}}
+    b = TCDM()
+    with pytest.raises(ValueError):
+        b.load_state_dict(broken)
+    assert b.state_dict()["temporal"]["client_ids"] == []  # nothing was replaced
+    without = TCDM(innovation=None)
+    without.load_state_dict(state)  # the innovation part is ignored
+    assert without.state_dict()["temporal"]["client_ids"] == state["temporal"]["client_ids"]
+
+
+@pytest.mark.parametrize(("scored", "everyone", "excluded"), [(1.8, 1.0, False), (1.0, 1.8, True)])
+def test_exclusion_is_decided_on_the_running_value_with_everyone_in_the_reference(
+    scored: float, everyone: float, excluded: bool
+) -> None:
+    """The scored running value may sit over T only because others were left out; what decides
+    the exclusion is the running value with every client in the reference, so exclusions cannot
+    feed on themselves."""
+    state = _settled_state(scored)
+    mean_all = state["mean"].clone()  # type: ignore[union-attr]
+    mean_all[0] = everyone * 0.99
+    sig = InnovationSignal(sketch_dim=None)
+    sig.load_state_dict({**state, "mean_all": mean_all})
+    res = sig(torch.tensor([[0.0, 0.0], *_REST], dtype=torch.float64))
+    assert bool(res.raw["excluded_from_reference"][0]) is excluded
+    assert float(res.raw["excluded_from_reference"][1:].sum()) == 0.0

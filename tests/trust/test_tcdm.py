@@ -92,6 +92,22 @@ def test_robust_z_scales() -> None:
     assert robust_z(y, 1.0, scale_from="upper")[2] == 1.0  # the floor
 
 
+def test_decoys_replaying_one_direction_do_not_hide_sleepers() -> None:
+    """13 decoys at consistency 1 sit in the upper half and inflate its scale (a review's
+    construction: the upper scale alone put the sleepers at z of about 1); the two-sided MAD does
+    not, and the smaller of the two is what the temporal signal uses."""
+    decoys = torch.ones(13, dtype=torch.float64)
+    sleepers = torch.linspace(-0.6, -0.3, 10, dtype=torch.float64)
+    honest = torch.linspace(0.40, 0.60, 27, dtype=torch.float64)
+    t = torch.cat([sleepers, honest, decoys])
+    z_upper = -robust_z(t, 0.1, scale_from="upper")[0][:10]
+    z_used = -robust_z(t, 0.1, scale_from="smaller")[0][:10]
+    assert float(z_upper.min()) < 3.0
+    assert float(z_used.min()) > 5.0
+    with pytest.raises(ValueError):
+        robust_z(t, 0.1, scale_from="lower")  # type: ignore[arg-type]
+
+
 def test_an_anomalous_update_is_absorbed_slowly(honest_rounds: Rounds) -> None:
     """A sleeper that keeps flipping from round 6 on: with memory 0.7 for every update it looks
     consistent again after three rounds; its first ``anomaly_rounds`` failing updates are absorbed

@@ -12,9 +12,11 @@ typical deviation — cannot.
 Measured on real MNIST (the trust benchmark's setting, seeds 10 and 11; the updates of one run per
 setting, scored by this signal with its defaults, from the fourth round on): honest clients' running
 innovation reached at most 1.54 attack-free (99 % quantile 1.37–1.40), and at most 1.10 / 1.18 /
-1.38 / 1.54 with label flip, ALIE, sign flip and sleepers at 45 % Byzantine; additive Gaussian
-clients (σ = 1) had medians of 1.75–1.78 at 20 % and 1.53–1.58 at 45 % (the noisy clients then
-make up much of the reference, which lowers their own ratio). Why the reference is the median
+1.38 / 1.54 with label flip, ALIE, sign flip and sleepers at 45 % Byzantine (1.43 with 45 %
+Gaussian clients); additive Gaussian clients (σ = 1) had medians of 1.81–1.84 at 20 % and
+1.76–1.82 at 45 %. At 45 % that needs the reference to leave out the clients already over the
+threshold: with every client in it, the noisy ones made up much of it and their medians fell to
+1.53–1.58 (0.69–0.74 of their client-rounds over the threshold, against 1.0 now). Why the reference is the median
 deviation and not a lower quantile: 45 % ALIE clients send one shared vector, whose deviation is
 small and does not change, so a lower quantile of the deviations (or of the innovations) is theirs
 and every honest client's ratio rises fourfold (measured: honest ratios up to 5.7); the median stays
@@ -43,11 +45,21 @@ from matl.trust._util import (
     unique_keys,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import round_sketch
+from matl.trust.sketch import round_sketch, sketch_cosines
 
 __all__ = ["InnovationSignal"]
 
-_STATE_KEYS = {"client_ids", "deviation", "last_round", "mean", "weight", "count", "dim", "round"}
+_STATE_KEYS = {
+    "client_ids",
+    "deviation",
+    "last_round",
+    "mean",
+    "mean_all",
+    "weight",
+    "count",
+    "dim",
+    "round",
+}
 
 
 @dataclass
@@ -61,6 +73,8 @@ class _Deviations:
     last_round: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     #: (N,) running sum and weight of the innovation ratio, and the number of observations.
     mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    #: (N,) the same running sum with every client in the reference (decides the exclusions).
+    mean_all: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     count: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     dim: int | None = None
@@ -85,11 +99,24 @@ class InnovationSignal:
         R_i \leftarrow \frac{\alpha\, W_i R_i + (1 - \alpha)\, x_i}{\alpha W_i + 1 - \alpha},
         \quad W_i \leftarrow \alpha W_i + 1 - \alpha,
 
-    the bias-corrected moving average (``memory`` :math:`\alpha = 0.8`) of the innovation ratio
-    :math:`x_i`, each observation clipped at :math:`2T`: one change of behaviour (a switch, or a
-    client returning to honest training after an attack) then raises a settled running value near
-    1.1 by at most :math:`(1 - \alpha)(2T - 1.1) = 0.42`, below the threshold, while noise added
-    every round keeps it above. Common drift (the model moving, the learning rate changing) shifts the centre and
+    where the median runs over the round's clients except those already over the threshold,
+    unless fewer than three would remain. "Over the threshold" is judged on a second running value
+    kept alongside, :math:`R_i^{\text{all}}`, the same average with every client in the reference
+    (above :math:`T` before this round, with at least ``min_observations``): judged on
+    :math:`R_i` itself, exclusions could feed on themselves (leaving clients out lowers the
+    reference, which puts more clients over). Members of a tight group — three or more updates at pairwise cosine
+    :math:`\ge` ``group_tau`` (0.99) in the round's shared sketch, as the community signal counts
+    them — are left out of both references: such a group is one voice, and 45 % IPM clients
+    sending one shared update near the centre otherwise made the median deviation theirs (every
+    honest ratio rose: 725 honest client-rounds failed on MNIST, seed 1, and the exclusion then
+    left out all 28 honest clients). :math:`R_i` is the bias-corrected moving average (``memory``
+    :math:`\alpha = 0.8`) of the innovation ratio
+    :math:`x_i`, each observation clipped at :math:`4T/3 = 2` (:attr:`clip`; noisy clients' ratios
+    sit around 1.8): a one-off change of behaviour (a switch, or a client returning to honest
+    training after an attack) makes two large observations, there and back, and a settled running
+    value :math:`R` then peaks at :math:`0.64 R + 0.72`, below :math:`T` for :math:`R < 1.22`
+    (MNIST's honest clients settle around 1.1), while noise added every round keeps it above.
+    Common drift (the model moving, the learning rate changing) shifts the centre and
     cancels in :math:`\delta_i - \delta_i'`. Why it separates noise from honest behaviour: with
     :math:`\rho` the correlation of an honest client's consecutive deviations,
     :math:`\mathbb{E}\lVert\delta - \delta'\rVert^2 = 2(1 - \rho)\,\mathbb{E}\lVert\delta\rVert^2`,
@@ -121,15 +148,23 @@ class InnovationSignal:
 
     * Noise much smaller than the honest spread (:math:`\sigma \lesssim 0.5` gives a ratio of
       about 1.2 on MNIST) is invisible — and harmless to the same degree.
-    * When noisy clients are nearly half of the round they raise the median deviation and their
-      own ratio falls toward the threshold: on MNIST the share of their client-rounds above
-      :math:`T` fell from 1.0 at 20 % to 0.69–0.74 at 45 %, and through the composite (which
-      flags only a near-zero TCDM score) MATL Mode 1 detected 0.90 at 20 % and 0.51 at 45 %
-      (calibration seeds 10 and 11).
+    * When noisy clients are nearly half of the round they make up much of the reference until
+      they are over the threshold and left out of it; the first rounds after scoring starts
+      catch fewer of them.
     * A large group that sits still near the centre (small, unchanging deviations) pulls the
       median deviation down to the low end of the honest ones and raises every honest ratio by
       that factor: the median bounds this, but a 45 % group can still frame the honest clients
       with the largest deviations. ALIE at 45 % did not (honest maximum 1.18).
+    * Noise that does not change from round to round is not innovation: a client adding its own
+      fixed vector every round (or one refreshed every :math:`k` rounds, with about :math:`1/k` of
+      the innovation) passes, although a fixed bias adds up in the aggregate faster than fresh
+      noise. Its direction is stable too, so the temporal test passes it as well; its effect on
+      the validation loss (Mode 1) is what remains to catch it.
+    * Only consecutive calls are compared, so the test needs clients that take part round after
+      round. Under client sampling most participations are not consecutive (10 of 100 clients per
+      round: a third of the clients were ever scored in 200 rounds, in a review's simulation), and
+      a client that joins every other round is never scored. Rounds in which the signal is not
+      called do not exist for it.
     * When honest deviations are mostly fresh SGD noise (:math:`\rho \approx 0`, e.g. clients
       drawing new data every round), honest ratios sit near :math:`\sqrt 2 \approx 1.41`, close
       to :math:`T`; raise ``threshold`` there.
@@ -150,6 +185,9 @@ class InnovationSignal:
         Sketch width :math:`k \ge 1`, or ``None`` for the exact rows.
     seed:
         Seed of the sketch (the engine's shared one by default).
+    group_tau:
+        Cosine at which updates count as near-identical (members of a group of three or more
+        are left out of the reference), in ``(0, 1]``.
     """
 
     name = "innovation"
@@ -163,6 +201,13 @@ class InnovationSignal:
     seed: int = 0
     _state: _Deviations = field(default_factory=_Deviations, init=False, repr=False, compare=False)
 
+    group_tau: float = 0.99
+
+    @property
+    def clip(self) -> float:
+        """The largest value one observation contributes, :math:`4T/3`."""
+        return 4.0 * self.threshold / 3.0
+
     def __post_init__(self) -> None:
         check_number("innovation", "threshold", self.threshold, low=0.0, low_open=True)
         check_number("innovation", "width", self.width, low=0.0, low_open=True)
@@ -172,6 +217,7 @@ class InnovationSignal:
         if self.sketch_dim is not None:
             check_number("innovation", "sketch_dim", self.sketch_dim, low=1, integer=True)
         check_number("innovation", "seed", self.seed, low=0, integer=True)
+        check_number("innovation", "group_tau", self.group_tau, low=0.0, high=1.0, low_open=True)
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> SignalResult:
         """Score the ``(n, d)`` ``updates`` by their running innovation, then store them."""
@@ -182,8 +228,6 @@ class InnovationSignal:
         if not bool(torch.isfinite(z).all()):
             raise InvalidUpdateError("innovation: updates contain NaN or Inf")
         st = self._state
-        rnd = st.round  # one call is one round
-        st.round = rnd + 1
         if st.dim is None:
             st.dim = z.shape[1]
             st.deviation = torch.zeros(0, st.dim, dtype=torch.float64)
@@ -192,14 +236,33 @@ class InnovationSignal:
                 f"innovation: updates changed size (stored deviations have width {st.dim}, now "
                 f"{z.shape[1]}); call reset() between models"
             )
+        rnd = st.round  # one call is one round
+        st.round = rnd + 1
         deviation = z - z.median(dim=0).values
-        size = median(torch.linalg.vector_norm(deviation, dim=1))
         rows, _ = assign_rows(st.index, keys)
         total = len(st.index)
         st.deviation = grow(st.deviation, total, 0.0)
         st.last_round = grow(st.last_round, total, -1)
         st.mean, st.weight = grow(st.mean, total, 0.0), grow(st.weight, total, 0.0)
+        st.mean_all = grow(st.mean_all, total, 0.0)
         st.count = grow(st.count, total, 0)
+        # The reference leaves out the clients whose running value *with everyone in the
+        # reference* is over the threshold (when 3 others remain). Deciding on that value, not on
+        # the scored one, keeps the exclusions from feeding on themselves.
+        norms = torch.linalg.vector_norm(deviation, dim=1)
+        # Members of a tight group (near-identical updates: ALIE, IPM, colluders) are one voice,
+        # not many: they stay out of every reference, or a large group sitting at the centre
+        # would shrink it and push every honest client over the threshold.
+        grouped = _tight_group_members(updates, self.sketch_dim, self.seed, self.group_tau)
+        if n - int(grouped.sum()) < 3:
+            grouped = torch.zeros_like(grouped)
+        size_all = median(norms[~grouped])
+        held = st.weight[rows]
+        before = torch.where(held > 0, st.mean_all[rows] / held.clamp_min(1e-300), 0.0)
+        excluded = grouped | (st.count[rows] >= self.min_observations) & (before > self.threshold)
+        if n - int(excluded.sum()) < 3:
+            excluded = grouped
+        size = median(norms[~excluded])
 
         last = st.last_round[rows]
         follows = (last >= 0) & (last == rnd - 1)
@@ -210,13 +273,20 @@ class InnovationSignal:
             else torch.full((n,), math.nan, dtype=torch.float64)
         )
         observed = torch.isfinite(ratio)
-        # Each observation counts at most 2T: a single change of behaviour (a switch, a client
-        # returning to honest training) moves a settled running value by at most (1 − α)·2T.
-        clipped = ratio[observed].clamp(max=2.0 * self.threshold)
-        fold_running_mean(st.mean, st.weight, rows[observed], clipped, self.memory)
+        seen_rows = rows[observed]
+        weight_before = st.weight.clone()
+        fold_running_mean(
+            st.mean, st.weight, seen_rows, ratio[observed].clamp(max=self.clip), self.memory
+        )
+        ratio_all = change[observed] / size_all
+        fold_running_mean(
+            st.mean_all, weight_before, seen_rows, ratio_all.clamp(max=self.clip), self.memory
+        )
         st.count[rows] += observed.to(torch.int64)
         st.deviation[rows] = deviation
-        st.last_round[rows] = rnd
+        # Without a reference (a single client, or all alike) the deviations mean nothing: the
+        # next participation starts afresh rather than being compared with them.
+        st.last_round[rows] = rnd if size > 0 else -1
 
         w = st.weight[rows]
         running = torch.where(w > 0, st.mean[rows] / w.clamp_min(1e-300), math.nan)
@@ -225,7 +295,11 @@ class InnovationSignal:
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))
         return SignalResult(
             scores=scores.to(torch.float64),
-            raw={"innovation": ratio, "running_innovation": running},
+            raw={
+                "innovation": ratio,
+                "running_innovation": running,
+                "excluded_from_reference": excluded.to(torch.float64),
+            },
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -238,6 +312,7 @@ class InnovationSignal:
             "deviation": st.deviation.clone(),
             "last_round": st.last_round.clone(),
             "mean": st.mean.clone(),
+            "mean_all": st.mean_all.clone(),
             "weight": st.weight.clone(),
             "count": st.count.clone(),
             "dim": st.dim,
@@ -253,27 +328,60 @@ class InnovationSignal:
         dev = torch.as_tensor(state["deviation"], dtype=torch.float64).clone()
         last = torch.as_tensor(state["last_round"], dtype=torch.int64).clone()
         mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
+        mean_all = torch.as_tensor(state["mean_all"], dtype=torch.float64).clone()
         weight = torch.as_tensor(state["weight"], dtype=torch.float64).clone()
         count = torch.as_tensor(state["count"], dtype=torch.int64).clone()
         dim = state["dim"]
         if (
             dev.ndim != 2
             or dev.shape[0] != n
-            or any(t.shape != (n,) for t in (last, mean, weight, count))
+            or any(t.shape != (n,) for t in (last, mean, mean_all, weight, count))
         ):
             raise ValueError(f"innovation: state rows do not match its {n} client ids")
         if dim is not None and dev.shape[1] != dim:
             raise ValueError(f"innovation: deviation width {dev.shape[1]} != dim {dim}")
-        if not (bool(torch.isfinite(dev).all()) and bool(torch.isfinite(mean).all())):
+        if not all(bool(torch.isfinite(t).all()) for t in (dev, mean, mean_all)):
             raise ValueError("innovation: state has non-finite values")
-        if bool((weight < 0).any() | (weight > 1).any() | (mean < 0).any() | (count < 0).any()):
-            raise ValueError("innovation: state weights must be in [0, 1], means and counts >= 0")
+        seen = count > 0
+        if bool(
+            (count < 0).any()
+            | (weight > 1).any()
+            | (seen & (weight <= 0)).any()
+            | (~seen & (weight != 0)).any()
+            | (torch.minimum(mean, mean_all) < 0).any()
+            | (torch.maximum(mean, mean_all) > self.clip * weight).any()
+        ):
+            raise ValueError(
+                "innovation: state must have counts >= 0, weights in (0, 1] exactly where a "
+                f"client was observed, and 0 <= mean, mean_all <= {self.clip:g} * weight"
+            )
+        rnd = state["round"]
+        latest = int(last.max()) if last.numel() else -1
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < latest + 1:
+            raise ValueError(
+                f"innovation: state round {rnd!r} must be an integer after every last_round"
+            )
         st = self._state
         st.index = {c: i for i, c in enumerate(ids)}
-        st.deviation, st.last_round, st.mean, st.weight, st.count = dev, last, mean, weight, count
+        st.deviation, st.last_round, st.weight, st.count = dev, last, weight, count
+        st.mean, st.mean_all = mean, mean_all
         st.dim = None if dim is None else int(dim)
-        st.round = int(state["round"])
+        st.round = rnd
 
     def reset(self) -> None:
         """Forget every client."""
         object.__setattr__(self, "_state", _Deviations())
+
+
+def _tight_group_members(
+    updates: torch.Tensor, k: int | None, seed: int, tau: float
+) -> torch.Tensor:
+    """``(n,)`` bool: rows with at least two others at cosine ``>= tau`` (a group of three or
+    more near-identical updates, as :class:`~matl.trust.tcdm.CommunitySignal` counts them), from
+    the round's shared sketch cosines."""
+    n = updates.shape[0]
+    if n < 3:
+        return torch.zeros(n, dtype=torch.bool)
+    cos = sketch_cosines(updates, k, seed=seed)
+    others = (cos >= tau).sum(dim=1) - 1  # the diagonal is 1 (zero rows too)
+    return others >= 2

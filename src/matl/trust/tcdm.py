@@ -18,6 +18,7 @@ thousandths at a fraction of the cost and memory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -82,18 +83,21 @@ class TemporalSignal:
 
     .. math::
 
-        z_i = \frac{\operatorname{med}_j t_j - t_i}{\max(1.4826\,\operatorname{MAD}^+,\;
+        z_i = \frac{\operatorname{med}_j t_j - t_i}{\max(1.4826\,\operatorname{MAD}^\star,\;
               \sigma_{\min})}, \qquad
-        \operatorname{MAD}^+ = \operatorname{med}_{j : t_j \ge m} (t_j - m), \quad
+        \operatorname{MAD}^\star = \min\bigl(\operatorname{med}_j |t_j - m|,\;
+        \operatorname{med}_{j : t_j \ge m} (t_j - m)\bigr), \quad
         m = \operatorname{med}_j t_j, \qquad
         s_i = \exp\!\Big(-\tfrac12 \max(0, z_i - z_0)^2\Big),
 
     one-sided (being *more* consistent than usual is never penalised; replays are the entropy
-    signal's business). The scale :math:`\operatorname{MAD}^+` is read from the upper half only
-    (:func:`~matl.trust._util.robust_z` with ``scale_from="upper"``): when 45 % of the clients
-    switch at once, the ordinary two-sided MAD lands in the gap between the two groups (measured on
-    MNIST: 0.31 instead of 0.09 in the switching round, which put the switchers at :math:`z
-    \approx 3.2` and let them pass), while the upper half holds only clients that did not drop.
+    signal's business). The scale :math:`\operatorname{MAD}^\star` is the smaller of the two-sided
+    MAD and the upper half's (:func:`~matl.trust._util.robust_z` with ``scale_from="smaller"``):
+    when 45 % of the clients switch at once, the two-sided MAD lands in the gap between the two
+    groups (measured on MNIST: 0.31 instead of 0.09 in the switching round, which put the switchers
+    at :math:`z \approx 3.2` and let them pass), while the upper half holds only clients that did
+    not drop; and a group of decoys replaying one direction (consistency 1) inflates the upper
+    half's scale but not the two-sided one.
     ``scale_floor`` :math:`\sigma_{\min} = 0.1` keeps a very homogeneous round
     (honest consecutive updates of a client on a small model often agree to :math:`t \approx 0.99`,
     MAD :math:`\approx 0.01`) from flagging a client at 0.9; ``z0`` :math:`z_0 = 3`. A sleeper that
@@ -192,7 +196,7 @@ class TemporalSignal:
         zscore = torch.zeros(n, dtype=torch.float64)
         scores = torch.full((n,), float(self.neutral), dtype=torch.float64)
         if bool(known.any()):
-            zk, _, _ = robust_z(consistency[known], self.scale_floor, scale_from="upper")
+            zk, _, _ = robust_z(consistency[known], self.scale_floor, scale_from="smaller")
             zk = -zk  # one-sided: low consistency is the anomaly
             zscore[known] = zk
             scores[known] = torch.exp(-0.5 * (zk - self.z0).clamp_min(0.0) ** 2)
@@ -454,17 +458,22 @@ class TCDM:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output. A state saved before the innovation test existed
-        (``temporal`` only) loads with the innovation memory empty."""
-        expected = {"temporal"} | ({"innovation"} if self.innovation is not None else set())
-        if set(state) != {"temporal"}:
-            check_state_keys("tcdm", state, expected)
-        self.temporal.load_state_dict(state["temporal"])
+        """Restore :meth:`state_dict`'s output, all or nothing: both parts are checked before
+        either is replaced. A state saved before the innovation test existed (``temporal`` only)
+        loads with the innovation memory empty; with ``innovation=None`` a saved innovation part
+        is ignored."""
+        if set(state) not in ({"temporal"}, {"temporal", "innovation"}):
+            check_state_keys("tcdm", state, {"temporal", "innovation"})
+        temporal = dataclasses.replace(self.temporal)
+        temporal.load_state_dict(state["temporal"])
+        innovation = None
         if self.innovation is not None:
+            innovation = dataclasses.replace(self.innovation)
             if "innovation" in state:
-                self.innovation.load_state_dict(state["innovation"])
-            else:
-                self.innovation.reset()
+                innovation.load_state_dict(state["innovation"])
+        object.__setattr__(self.temporal, "_state", temporal._state)
+        if self.innovation is not None and innovation is not None:
+            object.__setattr__(self.innovation, "_state", innovation._state)
 
     def reset(self) -> None:
         """Forget the temporal histories and the stored deviations."""
