@@ -154,3 +154,18 @@ def test_memo_sees_a_new_storage_of_the_same_shape() -> None:
     assert x._version == version
     b = round_sketch(x, 64)
     assert b is not a and torch.equal(b, count_sketch(other, 64))
+
+
+def test_community_sizes_count_other_rows_only() -> None:
+    from matl.trust.sketch import community_sizes
+
+    cos = torch.tensor(
+        [
+            [1.0, 0.995, 0.2, 0.999],
+            [0.995, 1.0, 0.1, 0.992],
+            [0.2, 0.1, 1.0, 0.0],
+            [0.999, 0.992, 0.0, 0.5],
+        ],
+        dtype=torch.float64,
+    )  # the last diagonal entry is below tau on purpose: it must not matter
+    assert community_sizes(cos, 0.99).tolist() == [3.0, 3.0, 1.0, 3.0]

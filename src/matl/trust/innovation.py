@@ -45,7 +45,7 @@ from matl.trust._util import (
     unique_keys,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import round_sketch, sketch_cosines
+from matl.trust.sketch import community_sizes, round_sketch, sketch_cosines
 
 __all__ = ["InnovationSignal"]
 
@@ -382,6 +382,4 @@ def _tight_group_members(
     n = updates.shape[0]
     if n < 3:
         return torch.zeros(n, dtype=torch.bool)
-    cos = sketch_cosines(updates, k, seed=seed)
-    others = (cos >= tau).sum(dim=1) - 1  # the diagonal is 1 (zero rows too)
-    return others >= 2
+    return community_sizes(sketch_cosines(updates, k, seed=seed), tau) >= 3

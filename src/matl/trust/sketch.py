@@ -196,3 +196,12 @@ def gaussian_projection(d: int, k: int, seed: int, dtype: torch.dtype) -> torch.
     """
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn(d, k, generator=g, dtype=torch.float64).to(dtype)
+
+
+def community_sizes(cos: torch.Tensor, tau: float) -> torch.Tensor:
+    """``(n,)`` float64: for each row, 1 plus the number of *other* rows at cosine ``>= tau`` in
+    the ``(n, n)`` cosine matrix ``cos`` (its diagonal is ignored) — the size of a client's group
+    of near-identical updates, as the community signal and the innovation reference count it."""
+    close = cos >= tau
+    others = close.sum(dim=1) - close.diagonal().to(torch.int64)
+    return 1.0 + others.to(torch.float64)

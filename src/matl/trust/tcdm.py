@@ -40,7 +40,7 @@ from matl.trust._util import (
 )
 from matl.trust.base import SignalResult
 from matl.trust.innovation import InnovationSignal
-from matl.trust.sketch import pairwise_cosines, round_sketch, sketch_cosines
+from matl.trust.sketch import community_sizes, pairwise_cosines, round_sketch, sketch_cosines
 
 __all__ = ["TCDM", "CommunitySignal", "InnovationSignal", "TemporalSignal", "pairwise_cosines"]
 
@@ -348,8 +348,8 @@ class CommunitySignal:
         n = updates.shape[0]
         _check_finite(round_sketch(updates, self.sketch_dim, seed=self.seed), "community")
         cos = sketch_cosines(updates, self.sketch_dim, seed=self.seed).clone()
+        size = community_sizes(cos, self.tau)
         cos.fill_diagonal_(-math.inf)
-        size = 1.0 + (cos >= self.tau).sum(dim=1).to(torch.float64)
         max_cos = cos.max(dim=1).values if n > 1 else torch.full((n,), -1.0, dtype=torch.float64)
         member = size >= self.min_group
         penalty = self.member_score * (self.min_group - 1) / (size - 1).clamp_min(1.0)
