@@ -151,10 +151,13 @@ class InnovationSignal:
     * When noisy clients are nearly half of the round they make up much of the reference until
       they are over the threshold and left out of it; the first rounds after scoring starts
       catch fewer of them.
-    * A large group that sits still near the centre (small, unchanging deviations) pulls the
-      median deviation down to the low end of the honest ones and raises every honest ratio by
-      that factor: the median bounds this, but a 45 % group can still frame the honest clients
-      with the largest deviations. ALIE at 45 % did not (honest maximum 1.18).
+    * Tight groups are found on the raw updates' cosines, as the community signal finds them. A
+      group that sits still near the centre but adds a little noise per client (pairwise cosine
+      below ``group_tau``) is not one, and being nearly half the round it can still pull the
+      median deviation down to the low end of the honest ones and push the honest clients with
+      the largest deviations over. Conversely, if honest updates are themselves nearly parallel
+      (cosine ≥ 0.99 — the community signal then flags them as well, and ``tau`` must be raised
+      for such a task), they are left out of the reference.
     * Noise that does not change from round to round is not innovation: a client adding its own
       fixed vector every round (or one refreshed every :math:`k` rounds, with about :math:`1/k` of
       the innovation) passes, although a fixed bias adds up in the aggregate faster than fresh
@@ -274,11 +277,13 @@ class InnovationSignal:
         )
         observed = torch.isfinite(ratio)
         seen_rows = rows[observed]
+        # Both averages see the same observations with the same memory, so they share one weight
+        # sequence: the second fold's copy of the weights ends equal to the first's.
         weight_before = st.weight.clone()
         fold_running_mean(
             st.mean, st.weight, seen_rows, ratio[observed].clamp(max=self.clip), self.memory
         )
-        ratio_all = change[observed] / size_all
+        ratio_all = change[observed] / size_all if size_all > 0 else ratio[observed]
         fold_running_mean(
             st.mean_all, weight_before, seen_rows, ratio_all.clamp(max=self.clip), self.memory
         )
@@ -304,8 +309,9 @@ class InnovationSignal:
 
     def state_dict(self) -> dict[str, Any]:
         """``client_ids`` in row order, their last ``deviation`` ``(N, k)``, ``last_round`` (the
-        call it came from), the running ``mean``/``weight``/``count``, ``dim`` and the number of
-        calls ``round`` (copies)."""
+        call it came from), the running ``mean`` (scored) and ``mean_all`` (with every client in
+        the reference) with their common ``weight`` and ``count``, ``dim`` and the number of calls
+        ``round`` (copies)."""
         st = self._state
         return {
             "client_ids": list(st.index),
@@ -320,8 +326,12 @@ class InnovationSignal:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (checked: shapes, finiteness, weights in
-        ``[0, 1]``, running means within ``[0, ∞)``)."""
+        """Restore :meth:`state_dict`'s output, checked: shapes, finiteness, a weight in
+        ``(0, 1]`` exactly for the clients observed, ``0 <= mean, mean_all <= clip · weight`` (up
+        to rounding), ``round`` an integer after every ``last_round``. A state without
+        ``mean_all`` loads with it equal to ``mean``."""
+        if "mean_all" not in state and "mean" in state:
+            state = {**state, "mean_all": state["mean"]}
         check_state_keys("innovation", state, _STATE_KEYS)
         ids = state_client_ids("innovation", state["client_ids"])
         n = len(ids)
@@ -349,7 +359,7 @@ class InnovationSignal:
             | (seen & (weight <= 0)).any()
             | (~seen & (weight != 0)).any()
             | (torch.minimum(mean, mean_all) < 0).any()
-            | (torch.maximum(mean, mean_all) > self.clip * weight).any()
+            | (torch.maximum(mean, mean_all) > self.clip * weight * (1 + 1e-9)).any()
         ):
             raise ValueError(
                 "innovation: state must have counts >= 0, weights in (0, 1] exactly where a "

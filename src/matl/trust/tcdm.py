@@ -389,7 +389,7 @@ class TCDM:
     weighted mean (weight ``temporal_weight`` :math:`w`) only halves the score for one failure.
     ``raw`` holds the sub-scores (``temporal``, ``innovation_score``, ``community``) and their raw
     values (``consistency``, ``consistency_z``, ``has_history``, ``innovation``,
-    ``running_innovation``, ``group_size``, ``max_cosine``).
+    ``running_innovation``, ``excluded_from_reference``, ``group_size``, ``max_cosine``).
 
     Parameters
     ----------
