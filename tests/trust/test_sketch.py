@@ -8,6 +8,7 @@ import torch
 from matl.errors import InvalidUpdateError
 from matl.trust._util import row_norms
 from matl.trust.sketch import (
+    community_sizes,
     count_sketch,
     gaussian_projection,
     round_sketch,
@@ -157,8 +158,6 @@ def test_memo_sees_a_new_storage_of_the_same_shape() -> None:
 
 
 def test_community_sizes_count_other_rows_only() -> None:
-    from matl.trust.sketch import community_sizes
-
     cos = torch.tensor(
         [
             [1.0, 0.995, 0.2, 0.999],

@@ -133,6 +133,15 @@ def median(x: torch.Tensor) -> float:
     return float(torch.quantile(x.to(torch.float64), 0.5))
 
 
+def running_value(
+    mean: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, empty: float
+) -> torch.Tensor:
+    """The bias-corrected running values ``mean / weight`` at ``rows`` of the tables kept by
+    :func:`fold_running_mean`; ``empty`` where a row has no observation yet (weight 0)."""
+    w = weight[rows]
+    return torch.where(w > 0, mean[rows] / torch.where(w > 0, w, 1.0), empty)
+
+
 def fold_running_mean(
     mean: torch.Tensor,
     weight: torch.Tensor,
@@ -150,8 +159,7 @@ def fold_running_mean(
     float64 tables indexed by ``rows``.
     """
     m, w = mean[rows], weight[rows]
-    seen = w > 0
-    current = torch.where(seen, m / torch.where(seen, w, 1.0), x)
+    current = torch.where(w > 0, running_value(mean, weight, rows, 0.0), x)
     down = memory if harm_memory is None else harm_memory
     a = torch.where(
         x < current,

@@ -41,6 +41,7 @@ from matl.trust._util import (
     fold_running_mean,
     grow,
     median,
+    running_value,
     state_client_ids,
     unique_keys,
 )
@@ -260,8 +261,7 @@ class InnovationSignal:
         if n - int(grouped.sum()) < 3:
             grouped = torch.zeros_like(grouped)
         size_all = median(norms[~grouped])
-        held = st.weight[rows]
-        before = torch.where(held > 0, st.mean_all[rows] / held.clamp_min(1e-300), 0.0)
+        before = running_value(st.mean_all, st.weight, rows, 0.0)
         excluded = grouped | (st.count[rows] >= self.min_observations) & (before > self.threshold)
         if n - int(excluded.sum()) < 3:
             excluded = grouped
@@ -293,8 +293,7 @@ class InnovationSignal:
         # next participation starts afresh rather than being compared with them.
         st.last_round[rows] = rnd if size > 0 else -1
 
-        w = st.weight[rows]
-        running = torch.where(w > 0, st.mean[rows] / w.clamp_min(1e-300), math.nan)
+        running = running_value(st.mean, st.weight, rows, math.nan)
         scored = st.count[rows] >= self.min_observations
         excess = ((running - self.threshold) / self.width).clamp_min(0.0)
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))

@@ -36,6 +36,7 @@ from matl.trust._util import (
     grow,
     median,
     row_norms,
+    running_value,
     state_client_ids,
     unique_keys,
 )
@@ -469,9 +470,8 @@ class PoGQSignal:
             typical = _typical(cosine)
             if typical > 0:
                 st.scale = [a * st.scale[0] + (1.0 - a) * typical, a * st.scale[1] + (1.0 - a)]
-        cw = st.cos_weight[rows]
-        known = cw > 0
-        running_cos = torch.where(known, st.cos[rows] / torch.where(known, cw, 1.0), 0.0)
+        known = st.cos_weight[rows] > 0
+        running_cos = running_value(st.cos, st.cos_weight, rows, 0.0)
         scale = st.scale[0] / st.scale[1] if st.scale[1] > 0 else 0.0
         return st.mean[rows] / st.weight[rows], running_cos, known, scale
 
