@@ -114,8 +114,8 @@ class TemporalSignal:
     rounds later, while the validation-based evidence was still catching up: on MNIST at 45 %
     sleepers, seeds 10 and 11, Mode 1's detection rose from 0.83 / 0.79 to 0.89 / 0.83, and at 20 %
     from 0.86 to 0.95; attack-free false-positive rates 0.032 / 0.035 before, 0.032 / 0.030
-    after). The cap on the run bounds the cost for a client whose direction changes for good — an honest client whose data changed,
-    or an attacker that reformed: it fails for about five participations, where without the cap
+    after). The cap on the run bounds the cost for a client whose direction changes for good —
+    an honest client whose data changed, or an attacker that reformed: it fails for about five participations, where without the cap
     (``anomaly_rounds`` large) a complete reversal would fail for about 15. ``anomaly_rounds = 0``
     restores the plain moving average. A history is the client's own: it does not age
     between participations.
