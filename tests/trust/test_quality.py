@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -410,13 +411,22 @@ def test_config_errors(kwargs: dict[str, object]) -> None:
         PoGQSignal(**kwargs)  # type: ignore[arg-type]
 
 
-def test_consensus_cosine_points_to_the_best_evidence_quarter(honest_rounds: Rounds) -> None:
-    """The reference is the mean unit direction of the best-evidence quarter (at least 3)."""
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_consensus_cosine_points_to_the_best_evidence_set(
+    honest_rounds: Rounds, fraction: float
+) -> None:
+    """The reference is the mean unit direction of the best-evidence fraction (at least 3) of the
+    improving updates: all of them by default, the best quarter with ``consensus_fraction=0.25``."""
     u, ctx = next(honest_rounds(1))
-    res = PoGQSignal(path="fast")(u, ctx)
+    u[:3] = -u[:3]  # three harmful updates, outside the set whatever the fraction
+    res = PoGQSignal(path="fast", consensus_fraction=fraction)(u, ctx)
     n = u.shape[0]
-    assert bool((res.raw["norm_ratio"] <= 3).all()) and int((res.raw["evidence"] > 0).sum()) >= 5
-    top = torch.topk(res.raw["evidence"], max(3, -(-n // 4))).indices
+    improving = int((res.raw["evidence"] > 0).sum())
+    assert bool((res.raw["norm_ratio"] <= 3).all()) and improving >= 5
+    k = min(improving, max(3, math.ceil(fraction * n)))
+    top = torch.topk(res.raw["evidence"], k).indices
+    if fraction == 1.0:
+        assert k == improving < n  # every improving update, and only those
     unit = u.double() / torch.linalg.vector_norm(u.double(), dim=1, keepdim=True)
     ref = unit[top].mean(0)
     expected = (unit @ ref) / torch.linalg.vector_norm(ref)
@@ -459,6 +469,9 @@ def test_consensus_off_is_the_evidence_score(honest_rounds: Rounds) -> None:
         ("consensus_fraction", 1.5),
         ("consensus_reference", 0.0),
         ("consensus_tolerance", -1.0),
+        ("consensus_memory", 1.0),
+        ("consensus_memory", -0.1),
+        ("consensus_harm_memory", 1.0),
     ],
 )
 def test_consensus_config_errors(key: str, value: float) -> None:
@@ -484,12 +497,17 @@ def test_consensus_needs_three_improving_updates(honest_rounds: Rounds) -> None:
     assert bool((first.raw["running_consensus"] != 0).any())
 
 
-def test_steered_consensus_cannot_fail_clients_with_good_evidence(honest_rounds: Rounds) -> None:
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+def test_steered_consensus_cannot_fail_clients_with_good_evidence(
+    honest_rounds: Rounds, fraction: float
+) -> None:
     """An adaptive quarter of the round aligns its updates with the validation descent direction
     (so they rank first by evidence, within the norm guard) and adds a component opposed to the
     honest clients' common direction, steering the consensus away from them. Clients whose own
-    running evidence is good keep a consensus score of 1 regardless."""
-    sig = PoGQSignal(path="fast")
+    running evidence is good keep a consensus score of 1 regardless. With the reference taken from
+    the best quarter the steering takes hold; from every improving update (the default) the honest
+    majority of that set dilutes it."""
+    sig = PoGQSignal(path="fast", consensus_fraction=fraction)
     n, bad = 20, 5
     for u, ctx in honest_rounds(6, n=n):
         x, y = ctx.validation
@@ -512,7 +530,12 @@ def test_steered_consensus_cannot_fail_clients_with_good_evidence(honest_rounds:
     good = evidence >= sig.reference_fraction
     assert int(good.sum()) >= 5
     assert bool((consensus[good] == 1).all())
-    assert float(res.raw["consensus_cosine"][:bad].min()) > 0.5  # the steering did take hold
+    steered = float(res.raw["consensus_cosine"][:bad].min())
+    if fraction == 0.25:
+        assert steered > 0.5  # the steering did take hold
+    else:
+        assert steered < 0.25  # diluted: the reference stays with the honest clients
+        assert float(res.raw["consensus_cosine"][bad:].median()) > steered
 
 
 def test_consensus_ignores_boosted_updates(honest_rounds: Rounds) -> None:
@@ -523,7 +546,7 @@ def test_consensus_ignores_boosted_updates(honest_rounds: Rounds) -> None:
     best = int(base.raw["evidence"].argmax())
     boosted = u.clone()
     boosted[best] *= 4.0
-    sig = PoGQSignal(path="fast")
+    sig = PoGQSignal(path="fast", consensus_fraction=0.25)
     res = sig(boosted, ctx)
     assert 3 < float(res.raw["norm_ratio"][best]) < 6
     n = u.shape[0]
@@ -549,3 +572,26 @@ def test_clients_without_consensus_history_are_exempt(honest_rounds: Rounds) -> 
     assert res.raw["has_consensus"].tolist() == [0.0] * u.shape[0]
     assert bool((res.raw["consensus_score"] == 1).all())
     assert float(res.raw["quality_score"][2:].max()) < 1  # the flipped evidence still counts
+
+
+def test_consensus_memory_is_its_own(honest_rounds: Rounds) -> None:
+    """The running cosines fold with ``consensus_memory`` (``consensus_harm_memory`` for drops),
+    not with the evidence's memories: checked against the hand-folded bias-corrected averages."""
+    rounds = list(honest_rounds(3))
+    sig = PoGQSignal(path="fast", consensus_memory=0.9, consensus_harm_memory=0.6)
+    mean = torch.zeros(rounds[0][0].shape[0], dtype=torch.float64)
+    weight = torch.zeros_like(mean)
+    for u, ctx in rounds:
+        res = sig(u, ctx)
+        c = res.raw["consensus_cosine"]
+        assert not bool(torch.isnan(c).any())
+        running = torch.where(weight > 0, mean / weight.clamp_min(1e-300), c)
+        a = torch.where(c < running, 0.6, 0.9).to(torch.float64)
+        mean = a * mean + (1 - a) * c
+        weight = a * weight + (1 - a)
+        torch.testing.assert_close(res.raw["running_consensus"], mean / weight)
+    other = PoGQSignal(path="fast", consensus_memory=0.5, consensus_harm_memory=0.5)
+    for u, ctx in rounds:
+        res_other = other(u, ctx)
+    torch.testing.assert_close(res_other.raw["running_evidence"], res.raw["running_evidence"])
+    assert not torch.allclose(res_other.raw["running_consensus"], res.raw["running_consensus"])
