@@ -595,3 +595,24 @@ def test_consensus_memory_is_its_own(honest_rounds: Rounds) -> None:
         res_other = other(u, ctx)
     torch.testing.assert_close(res_other.raw["running_evidence"], res.raw["running_evidence"])
     assert not torch.allclose(res_other.raw["running_consensus"], res.raw["running_consensus"])
+
+
+def test_forget_makes_the_next_participation_a_first_one(honest_rounds: Rounds) -> None:
+    """After ``forget``, a client's running evidence and cosine restart from its next round alone,
+    exactly as for a client seen for the first time; the others and unknown ids are untouched."""
+    rounds = list(honest_rounds(4))
+    sig = PoGQSignal(path="fast")
+    for u, ctx in rounds[:3]:
+        sig(u, ctx)
+    before = sig.state_dict()
+    sig.forget([0, 999])
+    after = sig.state_dict()
+    for key in ("mean", "weight", "cos", "cos_weight"):
+        assert float(after[key][0]) == 0.0
+        assert torch.equal(after[key][1:], before[key][1:])
+    u, ctx = rounds[3]
+    res = sig(u, ctx)
+    assert float(res.raw["running_evidence"][0]) == pytest.approx(float(res.raw["evidence"][0]))
+    assert float(res.raw["running_consensus"][0]) == pytest.approx(
+        float(res.raw["consensus_cosine"][0])
+    )

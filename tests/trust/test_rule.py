@@ -71,6 +71,7 @@ def test_mode_shorthands_and_top_level_exports() -> None:
         {"cartel_weight": 1.5},
         {"validators": 2, "lying_validators": 3},
         {"fallback": "mean"},
+        {"restart_on_switch": "yes"},
     ],
 )
 def test_bad_parameters_raise_config_errors(params: dict) -> None:
@@ -150,6 +151,33 @@ def test_quarantine_and_release(honest_rounds: Rounds) -> None:
     assert quarantined[2:release] == [True] * (release - 2)
     assert weighted[:release] == [False] * release
     assert not any(quarantined[release:]) and all(weighted[release:])
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_switch_restarts_the_pogq_history(honest_rounds: Rounds, restart: bool) -> None:
+    """Six sleepers send their honest updates for six rounds, then flip them (unscaled, so no norm
+    guard). TCDM's temporal test sees the switch; with ``restart_on_switch`` the sleepers lose
+    their PoGQ history in that round and PoGQ scores them as the flippers they now are, instead of
+    letting the honest rounds vouch for them while the running values catch up."""
+    rule = MATLRule(mode=1, restart_on_switch=restart)
+    pogq: list[list[float]] = []
+    for rnd, (u, ctx) in enumerate(honest_rounds(10)):
+        if rnd >= 6:
+            u[:6] = -u[:6]
+        res = rule(u, ctx)
+        assert res.details is not None
+        verdicts = res.details["verdicts"]
+        pogq.append([r["value"] for v in verdicts for r in v["reasons"] if r["signal"] == "pogq"])
+        if rnd == 6:
+            assert bool(res.flagged[:6].all())  # TCDM catches the switch either way
+    state = rule._engine.signals["pogq"].state_dict()
+    assert min(min(p[6:]) for p in pogq[:6]) == 1.0  # honest clients keep full PoGQ scores
+    sleepers = [p[:6] for p in pogq[6:]]
+    if restart:
+        assert all(max(p) < 0.375 for p in sleepers)  # failing from the switch round on
+        assert float(state["cos_weight"][:6].max()) < float(state["cos_weight"][6:].min())
+    else:
+        assert min(sleepers[0]) > 0.9  # the honest history still vouches in the switch round
 
 
 def test_identical_updates_form_a_cartel(honest_rounds: Rounds) -> None:

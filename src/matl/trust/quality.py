@@ -20,6 +20,7 @@ and Zeno's stochastic descendant score (Xie, Koyejo, Gupta 2019), applied here p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -549,6 +550,18 @@ class PoGQSignal:
         grad: torch.Tensor = model.loss_and_grad(theta_row, x.unsqueeze(0), y.unsqueeze(0))[1]
         with torch.no_grad():
             return -self.step * (updates.detach() @ grad[0].to(updates.dtype)).to(torch.float64)
+
+    def forget(self, client_ids: Sequence[int]) -> None:
+        """Drop the running evidence and consensus cosine of ``client_ids`` (unknown ids are
+        ignored): their next participation is judged as a first one. The trust engine calls this
+        when a client's temporal consistency shows a switch of behaviour, so that a history
+        earned before the switch does not vouch for the client after it."""
+        st = self._state
+        rows = [st.index[c] for c in client_ids if c in st.index]
+        if rows:
+            idx = torch.tensor(rows, dtype=torch.long)
+            for t in (st.mean, st.weight, st.cos, st.cos_weight):
+                t[idx] = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         """``{"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}``: the ids in row
