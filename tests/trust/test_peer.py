@@ -172,6 +172,9 @@ def test_rejects_nan_rows() -> None:
         {"distance_z0": -1.0},
         {"distance_width": 0.0},
         {"center_rows": 0},
+        {"group_tau": 0.0},
+        {"group_tau": 1.5},
+        {"sketch_dim": 0},
         {"seed": -1},
         {"cosine_fraction": True},
     ],
@@ -188,3 +191,52 @@ def test_stateless_interface() -> None:
     sig.reset()
     with pytest.raises(ValueError):
         sig.load_state_dict({"x": 1})
+
+
+def _cartel_round(n_honest: int = 14, n_cartel: int = 7, d: int = 300) -> torch.Tensor:
+    """Honest rows around a shared direction, and a cartel sending one reversed vector plus a
+    little private noise (cosines among its members above 0.99), as the collusion attack does."""
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(d, generator=g, dtype=torch.float64)
+    honest = base + 1.5 * torch.randn(n_honest, d, generator=g, dtype=torch.float64)
+    shared = -2.0 * base
+    cartel = shared + 0.01 * shared.norm() / d**0.5 * torch.randn(
+        n_cartel, d, generator=g, dtype=torch.float64
+    )
+    return torch.cat([cartel, honest])
+
+
+def mid(x: torch.Tensor) -> torch.Tensor:
+    """The median as the peer signal takes it (the mean of the two middle values of an even
+    count; ``Tensor.median`` returns the lower one)."""
+    return torch.quantile(x, 0.5)
+
+
+def test_tight_groups_are_left_out_of_the_reference() -> None:
+    """A third of the round sends near-identical updates: without the exclusion the cartel owns a
+    third of the coordinate-wise median and drags it (and the medians of cosine, norm and distance)
+    its way; with it the centre is the honest rows' median and every statistic is theirs."""
+    u = _cartel_round()
+    res = PeerSignal()(u)
+    assert res.raw["in_reference"].tolist() == [0.0] * 7 + [1.0] * 14
+    honest = u[7:]
+    c, _ = coordinate_median(honest)
+    cos = (u @ c) / (u.norm(dim=1) * c.norm())
+    torch.testing.assert_close(res.raw["cosine"], cos)
+    norms = u.norm(dim=1)
+    torch.testing.assert_close(res.raw["norm_ratio"], norms / mid(honest.norm(dim=1)))
+    dist = (u - c).norm(dim=1)
+    med = mid(dist[7:])
+    scale = torch.maximum(1.4826 * mid((dist[7:] - med).abs()), 0.1 * med)
+    torch.testing.assert_close(res.raw["distance_z"], (dist - med) / scale)
+    assert float(res.scores[:7].max()) < 0.05  # the cartel still fails: it points away
+    assert float(res.scores[7:].min()) > 0.9
+    pulled = PeerSignal(group_tau=None)(u)  # the centre the cartel pulls
+    assert float(pulled.raw["cosine"][7:].median()) < float(res.raw["cosine"][7:].median())
+    assert float(pulled.raw["in_reference"].min()) == 1.0
+
+
+def test_reference_keeps_everyone_when_fewer_than_three_would_remain() -> None:
+    u = _cartel_round(n_honest=2, n_cartel=7)
+    res = PeerSignal()(u)
+    assert res.raw["in_reference"].tolist() == [1.0] * 9

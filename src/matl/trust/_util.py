@@ -171,9 +171,15 @@ def fold_running_mean(
 
 
 def robust_z(
-    x: torch.Tensor, floor: float, scale_from: Literal["both", "upper", "smaller"] = "both"
+    x: torch.Tensor,
+    floor: float,
+    scale_from: Literal["both", "upper", "smaller"] = "both",
+    reference: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     r"""``((x − med) / s, med, s)`` with ``s = max(1.4826 · MAD, floor)`` (float64).
+
+    ``reference`` (a bool mask, or ``None`` for all values) selects the values the median and
+    the MAD are taken over; every value is scored against them.
 
     ``scale_from="both"``: the MAD over all of ``x``. ``"upper"``: the median of
     :math:`x_i - \operatorname{med}` over the values at or above the median only. ``"smaller"``:
@@ -188,11 +194,12 @@ def robust_z(
     if scale_from not in ("both", "upper", "smaller"):
         raise ValueError(f"scale_from must be 'both', 'upper' or 'smaller', got {scale_from!r}")
     x = x.to(torch.float64)
-    med = median(x)
-    both = median((x - med).abs())
+    ref = x if reference is None else x[reference]
+    med = median(ref)
+    both = median((ref - med).abs())
     mad = both
     if scale_from != "both":
-        upper = median(x[x >= med] - med)
+        upper = median(ref[ref >= med] - med)
         mad = upper if scale_from == "upper" else min(both, upper)
     scale = max(MAD_SCALE * mad, floor)
     return (x - med) / scale, med, scale

@@ -46,7 +46,7 @@ from matl.trust._util import (
     unique_keys,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import community_sizes, round_sketch, sketch_cosines
+from matl.trust.sketch import round_sketch, tight_group_members
 
 __all__ = ["InnovationSignal"]
 
@@ -257,7 +257,7 @@ class InnovationSignal:
         # Members of a tight group (near-identical updates: ALIE, IPM, colluders) are one voice,
         # not many: they stay out of every reference, or a large group sitting at the centre
         # would shrink it and push every honest client over the threshold.
-        grouped = _tight_group_members(updates, self.sketch_dim, self.seed, self.group_tau)
+        grouped = tight_group_members(updates, self.sketch_dim, self.seed, self.group_tau)
         if n - int(grouped.sum()) < 3:
             grouped = torch.zeros_like(grouped)
         size_all = median(norms[~grouped])
@@ -380,15 +380,3 @@ class InnovationSignal:
     def reset(self) -> None:
         """Forget every client."""
         object.__setattr__(self, "_state", _Deviations())
-
-
-def _tight_group_members(
-    updates: torch.Tensor, k: int | None, seed: int, tau: float
-) -> torch.Tensor:
-    """``(n,)`` bool: rows with at least two others at cosine ``>= tau`` (a group of three or
-    more near-identical updates, as :class:`~matl.trust.tcdm.CommunitySignal` counts them), from
-    the round's shared sketch cosines."""
-    n = updates.shape[0]
-    if n < 3:
-        return torch.zeros(n, dtype=torch.bool)
-    return community_sizes(sketch_cosines(updates, k, seed=seed), tau) >= 3

@@ -20,6 +20,7 @@ from matl.aggregation.base import RoundContext
 from matl.aggregation.order_stats import map_column_blocks, median_of_sorted
 from matl.trust._util import check_number, check_rows, median, robust_z, round_generator, row_norms
 from matl.trust.base import SignalResult
+from matl.trust.sketch import tight_group_members
 
 __all__ = ["PeerSignal", "robust_center"]
 
@@ -107,6 +108,20 @@ class PeerSignal:
     :math:`\epsilon`, mimicry), and anything at all once Byzantine clients are a majority — the
     centre, the median norm and the median distance are then theirs. It needs :math:`f < n/2`.
 
+    **Reference without tight groups.** The centre and the three medians (cosine, norm,
+    distance and its MAD) are taken over the *reference* clients: all but the members of tight
+    groups — three or more updates at cosine :math:`\ge` ``group_tau`` (0.99) in the round's
+    shared sketch (:func:`~matl.trust.sketch.tight_group_members`, the rule the community signal
+    and the innovation test use) — unless fewer than three clients would remain. Every client is
+    still scored. A cartel sending one vector (collusion, ALIE and IPM send near-identical
+    updates) otherwise owns a third of the coordinate-wise median at 33 % and pulls the centre
+    to itself, so that honest clients look atypical: in the trust benchmark Mode 0 flagged 72 %
+    of honest client-rounds under 33 % collusion before this exclusion, and 0.4 % after it
+    (``docs/trust.md``, "Mode 0: a cartel must not define the centre"). Honest non-IID updates
+    are far from cosine 0.99 (their cosines to one another are around 0.1 late in training on
+    MNIST), so they stay in the reference; a group the community signal already scores low is
+    not allowed to define "normal" as well.
+
     Parameters
     ----------
     cosine_fraction:
@@ -130,8 +145,13 @@ class PeerSignal:
         fraction :math:`f/n = 0.4` that fails with probability below :math:`10^{-3}`
         (hypergeometric tail), for 0.45 with about 5 % — near the 50 % limit of any majority
         method, set ``center_rows=None``.
+    group_tau:
+        Cosine at or above which three or more updates form a tight group left out of the
+        reference, in ``(0, 1]``; ``None`` keeps everyone in it.
+    sketch_dim:
+        Width of the shared sketch the group cosines come from (``None``: the rows themselves).
     seed:
-        Seed of the row subsample (treat it as a server secret).
+        Seed of the row subsample and of the sketch (treat it as a server secret).
 
     References
     ----------
@@ -149,6 +169,8 @@ class PeerSignal:
     distance_width: float = 2.0
     distance_floor: float = 0.1
     center_rows: int | None = 255
+    group_tau: float | None = 0.99
+    sketch_dim: int | None = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -162,24 +184,44 @@ class PeerSignal:
         check_number("peer", "distance_floor", self.distance_floor, low=0.0)
         if self.center_rows is not None:
             check_number("peer", "center_rows", self.center_rows, low=1, integer=True)
+        if self.group_tau is not None:
+            check_number("peer", "group_tau", self.group_tau, low=0.0, high=1.0, low_open=True)
+        if self.sketch_dim is not None:
+            check_number("peer", "sketch_dim", self.sketch_dim, low=1, integer=True)
         check_number("peer", "seed", self.seed, low=0, integer=True)
 
-    def center(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> torch.Tensor:
-        """The robust centre :math:`c`: the coordinate-wise median (of a row subsample when
-        :math:`n >` ``center_rows``)."""
+    def reference(self, updates: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` bool: the reference clients (everyone but tight-group members, unless fewer
+        than three would remain; see the class)."""
         n = updates.shape[0]
-        rows = None
-        if self.center_rows is not None and n > self.center_rows:
+        if self.group_tau is None:
+            return torch.ones(n, dtype=torch.bool)
+        keep = ~tight_group_members(updates, self.sketch_dim, self.seed, self.group_tau)
+        return keep if int(keep.sum()) >= 3 else torch.ones(n, dtype=torch.bool)
+
+    def center(
+        self,
+        updates: torch.Tensor,
+        ctx: RoundContext | None = None,
+        reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The robust centre :math:`c`: the coordinate-wise median of the ``reference`` rows
+        (all when ``None``), of a random subset of ``center_rows`` of them when there are more."""
+        n = updates.shape[0]
+        pool = torch.arange(n) if reference is None else torch.nonzero(reference).flatten()
+        rows = None if reference is None or int(pool.numel()) == n else pool
+        if self.center_rows is not None and pool.numel() > self.center_rows:
             g = round_generator(self.seed, ctx.round if ctx is not None else 0, _STREAM_CENTER)
-            rows = torch.randperm(n, generator=g)[: self.center_rows].sort().values
+            rows = pool[torch.randperm(pool.numel(), generator=g)[: self.center_rows]].sort().values
         return robust_center(updates, rows)
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> SignalResult:
         """Score the ``(n, d)`` ``updates``; ``ctx`` is only used for the round number."""
         check_rows(updates, "peer")
         norms = row_norms(updates, "peer")
+        ref_rows = self.reference(updates)
         with torch.no_grad():
-            center = self.center(updates, ctx)
+            center = self.center(updates, ctx, ref_rows)
             dots = (updates @ center).to(torch.float64)
         c_norm = float(torch.linalg.vector_norm(center.to(torch.float64)))
 
@@ -189,7 +231,7 @@ class PeerSignal:
         if c_norm == 0.0:
             cos_term = torch.ones_like(cosine)
         else:
-            ref = self.cosine_fraction * median(cosine)
+            ref = self.cosine_fraction * median(cosine[ref_rows])
             cos_term = (
                 (0.5 + cosine / (2.0 * ref)).clamp(0.0, 1.0)
                 if ref > 0
@@ -197,7 +239,7 @@ class PeerSignal:
             )
 
         # Length.
-        med_norm = median(norms)
+        med_norm = median(norms[ref_rows])
         if med_norm > 0:
             ratio = norms / med_norm
         else:
@@ -207,11 +249,11 @@ class PeerSignal:
 
         # Distance to the centre.
         dist = (norms**2 + c_norm**2 - 2.0 * dots).clamp_min(0.0).sqrt()
-        med_dist = median(dist)
+        med_dist = median(dist[ref_rows])
         floor = max(
             self.distance_floor * med_dist, 1e-9 * med_dist, torch.finfo(torch.float64).tiny
         )
-        z, _, _ = robust_z(dist, floor)
+        z, _, _ = robust_z(dist, floor, reference=ref_rows)
         excess_z = (z - self.distance_z0).clamp_min(0.0) / self.distance_width
         dist_term = torch.exp(-0.5 * excess_z**2)
 
@@ -225,6 +267,7 @@ class PeerSignal:
                 "cosine_term": cos_term,
                 "norm_term": norm_term,
                 "distance_term": dist_term,
+                "in_reference": ref_rows.to(torch.float64),
             },
         )
 

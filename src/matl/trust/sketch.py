@@ -63,12 +63,14 @@ import torch
 from matl.trust._util import round_memo, unit_rows
 
 __all__ = [
+    "community_sizes",
     "count_sketch",
     "gaussian_projection",
     "pairwise_cosines",
     "round_sketch",
     "sketch_cosines",
     "sketch_width",
+    "tight_group_members",
 ]
 
 #: Longest run of coordinates summed as one unit of the two-level count sketch.
@@ -205,3 +207,16 @@ def community_sizes(cos: torch.Tensor, tau: float) -> torch.Tensor:
     close = cos >= tau
     others = close.sum(dim=1) - close.diagonal().to(torch.int64)
     return 1.0 + others.to(torch.float64)
+
+
+def tight_group_members(
+    updates: torch.Tensor, k: int | None, seed: int, tau: float
+) -> torch.Tensor:
+    """``(n,)`` bool: rows with at least two others at cosine ``>= tau`` (a group of three or
+    more near-identical updates, as :class:`~matl.trust.tcdm.CommunitySignal` counts them), from
+    the round's shared :func:`sketch_cosines` — the clients the innovation test and the peer
+    signal leave out of their references."""
+    n = updates.shape[0]
+    if n < 3:
+        return torch.zeros(n, dtype=torch.bool)
+    return community_sizes(sketch_cosines(updates, k, seed=seed), tau) >= 3
