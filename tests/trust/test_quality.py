@@ -616,3 +616,25 @@ def test_forget_makes_the_next_participation_a_first_one(honest_rounds: Rounds) 
     assert float(res.raw["running_consensus"][0]) == pytest.approx(
         float(res.raw["consensus_cosine"][0])
     )
+
+
+def test_fast_path_fused_consensus_matches_the_two_pass_one(honest_rounds: Rounds) -> None:
+    """The fast path sums the consensus direction in its own pass over the updates; the cosines
+    must be those of the separate two-pass computation (rounding aside), and a set that differs
+    from the one the consensus chooses must not be used."""
+    u, ctx = next(honest_rounds(1))
+    u = u.clone()
+    u[:3] = -u[:3]  # some harmful updates, so that the chosen set is a strict subset
+    sig = PoGQSignal(path="fast")
+    res = sig(u, ctx)
+    norms, ratio = torch.linalg.vector_norm(u.double(), dim=1), res.raw["norm_ratio"]
+    two_pass = sig.consensus_cosines(u, norms, res.raw["evidence"], ratio)
+    assert two_pass is not None
+    assert torch.allclose(res.raw["consensus_cosine"], two_pass, atol=1e-6)
+    from matl.trust.quality import _PartialConsensus
+
+    chosen = res.raw["evidence"] > 0
+    wrong = _PartialConsensus(~chosen, torch.ones(u.shape[1], dtype=u.dtype))
+    fallback = sig.consensus_cosines(u, norms, res.raw["evidence"], ratio, wrong)
+    assert fallback is not None and torch.allclose(fallback, two_pass, atol=1e-12)
+    assert 0 < int(chosen.sum()) < u.shape[0]

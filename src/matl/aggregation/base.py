@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from matl.aggregation.memo import round_norms
 from matl.errors import InvalidUpdateError, PreconditionError
 
 
@@ -88,11 +89,13 @@ class AggregationResult:
 def finite_row_mask(updates: torch.Tensor) -> torch.Tensor:
     """``(n,)`` bool: which rows of ``updates`` hold only finite values.
 
-    Fast path: a row containing NaN or ±Inf has a non-finite sum, so rows whose sum is finite are
-    finite — one reduction at the cost of a mean instead of an ``(n, d)`` boolean mask. Rows whose
-    sum is not finite (a non-finite entry, or finite values whose sum overflows) are checked exactly.
+    Fast path: a row containing NaN or ±Inf has a non-finite Euclidean norm, so rows whose norm is
+    finite are finite — one reduction at the cost of a mean instead of an ``(n, d)`` boolean mask.
+    The norms are the round's shared ones (:func:`matl.aggregation.memo.round_norms`), which the
+    trust engine's signals read again without another pass. Rows whose norm is not finite (a
+    non-finite entry, or finite values whose norm overflows the dtype) are checked exactly.
     """
-    mask = torch.isfinite(updates.sum(dim=1))
+    mask = torch.isfinite(round_norms(updates))
     if not bool(mask.all()):
         suspects = torch.nonzero(~mask).flatten()
         mask[suspects] = torch.isfinite(updates[suspects]).all(dim=1)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from matl.aggregation.base import RoundContext
+from matl.aggregation.memo import round_norms
 from matl.errors import ConfigError, InvalidUpdateError
 
 #: Consistency constant of the MAD: ``1.4826 · MAD`` estimates σ for Gaussian data.
@@ -35,86 +34,15 @@ def check_rows(updates: torch.Tensor, signal: str) -> None:
         raise InvalidUpdateError(f"{signal}: updates must be floating point, got {updates.dtype}")
 
 
-_MEMO_LOCK = threading.Lock()
-#: (kind, k, seed) → (weak reference to the input, its fingerprint, the result, its finalizer).
-_MEMO: dict[
-    tuple[str, int | None, int], tuple[weakref.ref[torch.Tensor], tuple[Any, ...], Any, Any]
-] = {}
-
-
-def _fingerprint(x: torch.Tensor) -> tuple[Any, ...]:
-    return (
-        x._version,
-        x.data_ptr(),
-        tuple(x.shape),
-        x.stride(),
-        x.storage_offset(),
-        x.dtype,
-        x.device,
-    )
-
-
-def _forget(key: tuple[str, int | None, int], ref: weakref.ref[torch.Tensor]) -> None:
-    """Drop ``key``'s entry when its tensor is freed. Never blocks: the garbage collector may run
-    this while the same thread holds the lock; the entry then stays until it is replaced (a dead
-    reference never matches)."""
-    if not _MEMO_LOCK.acquire(blocking=False):
-        return
-    try:
-        hit = _MEMO.get(key)
-        if hit is not None and hit[0] is ref:
-            del _MEMO[key]
-    finally:
-        _MEMO_LOCK.release()
-
-
-def round_memo(
-    kind: str, x: torch.Tensor, k: int | None, seed: int, compute: Callable[[], torch.Tensor]
-) -> torch.Tensor:
-    """``compute()``, or the result kept from the last call for the very same tensor ``x``,
-    ``kind``, ``k`` and ``seed``: one computation per round however many signals ask.
-
-    A hit needs the same tensor object (a weak reference: a new tensor, even at a freed tensor's
-    address, never matches) with the same fingerprint: in-place version counter, data pointer,
-    shape, strides, offset, dtype and device — so in-place operations and ``x.data = …`` are seen.
-    Writes that bypass autograd's version counter (through ``x.data`` or a NumPy view) are not;
-    the trust signals never make them. Inference-mode tensors, which have no version counter, are
-    not memoised. Only the latest tensor is kept per key, and its entry is dropped when the tensor
-    is freed. Results are shared: treat them as read-only.
-    """
-    if x.is_inference():
-        return compute()
-    key = (kind, k, int(seed))
-    mark = _fingerprint(x)
-    with _MEMO_LOCK:
-        hit = _MEMO.get(key)
-        if hit is not None and hit[0]() is x and hit[1] == mark:
-            value: torch.Tensor = hit[2]
-            return value
-    value = compute()
-    ref = weakref.ref(x)
-    finalizer = weakref.finalize(x, _forget, key, ref)
-    with _MEMO_LOCK:
-        old = _MEMO.get(key)
-        _MEMO[key] = (ref, mark, value, finalizer)
-    if old is not None:
-        old[3].detach()  # one finalizer per live entry
-    return value
-
-
 def row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
     """``(n,)`` float64 Euclidean norms of the rows (a private copy); raises on rows holding NaN or
     Inf.
 
-    The norm runs in the input dtype (one pass, no ``(n, d)`` temporary); a row whose norm
-    overflows that dtype although its entries are finite is recomputed in float64. Computed once
-    per round for all signals (:func:`round_memo`).
+    The round's shared norms (:func:`~matl.aggregation.memo.round_norms`: computed once per round
+    in the input dtype, also by the finiteness check every rule runs first); a row whose norm
+    overflows that dtype although its entries are finite is recomputed in float64.
     """
-    return round_memo("norms", updates, None, 0, lambda: _row_norms(updates, signal)).clone()
-
-
-def _row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
-    norms: torch.Tensor = torch.linalg.vector_norm(updates, dim=1).to(torch.float64)
+    norms = round_norms(updates).clone()
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()

