@@ -13,7 +13,7 @@ from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import PoGQSignal, Signal
 from matl.trust.base import SignalResult
-from matl.trust.quality import validation_losses
+from matl.trust.quality import _PartialConsensus, validation_losses
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
 Rounds = Callable[..., Iterator[tuple[torch.Tensor, RoundContext]]]
@@ -631,8 +631,6 @@ def test_fast_path_fused_consensus_matches_the_two_pass_one(honest_rounds: Round
     two_pass = sig.consensus_cosines(u, norms, res.raw["evidence"], ratio)
     assert two_pass is not None
     assert torch.allclose(res.raw["consensus_cosine"], two_pass, atol=1e-6)
-    from matl.trust.quality import _PartialConsensus
-
     chosen = res.raw["evidence"] > 0
     wrong = _PartialConsensus(~chosen, torch.ones(u.shape[1], dtype=u.dtype))
     fallback = sig.consensus_cosines(u, norms, res.raw["evidence"], ratio, wrong)

@@ -21,9 +21,9 @@ random bucket map) :math:`\operatorname{Var}\langle Sx, Sy\rangle \le (\lVert x\
 \lVert y\rVert^2 + \langle x, y\rangle^2)/k`, so cosines are kept to about :math:`\pm 1/\sqrt{k}` for unrelated
 vectors — and far better for nearly parallel ones: the estimate of :math:`\cos(x, y)` is a ratio
 whose error shrinks with :math:`\lVert \hat x - \hat y \rVert`, so identical rows sketch to
-identical rows (cosine 1, up to the rounding of :func:`pairwise_cosines`) and a cosine of 0.99 is resolved to a few thousandths already at
-:math:`k = 256` (what the community and cartel thresholds need; the engine uses :math:`k = 1024`,
-which the temporal signal's history wants).
+identical rows (cosine 1, up to the rounding of :func:`pairwise_cosines`) and a cosine of 0.99 is
+resolved to a few thousandths already at :math:`k = 256` (what the community and cartel
+thresholds need; the engine uses :math:`k = 1024`, which the temporal signal's history wants).
 
 To run near memory speed (measured: 1.5 times the cost of a mean over the rows at
 :math:`n = 1000, d = 10^5` on one host, about 3 times on a slower one, for :math:`k = 256` or
@@ -44,8 +44,8 @@ engine's default widths and seeds). :func:`round_sketch`
 computes it once per ``(updates, k, seed)`` and hands the same tensor to every later caller in the
 round, and :func:`sketch_cosines` does the same for its :math:`n \times n` cosine matrix; so a round
 costs one pass over the updates and one small Gram product for all of them, not one of each per
-signal (:func:`matl.aggregation.memo.round_memo`: keyed on the very tensor object and its fingerprint —
-version counter, data pointer, shape, strides, dtype, device — so in-place changes and freed
+signal (:func:`matl.aggregation.memo.round_memo`: keyed on the very tensor object and its
+fingerprint — version counter, data pointer, shape, strides, dtype, device — so in-place changes and freed
 tensors are never matched). The shared results are read-only: callers that modify them must copy
 first.
 
