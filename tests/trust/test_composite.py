@@ -143,9 +143,11 @@ def test_verdicts_carry_reasons() -> None:
     rule = AdaptiveThreshold(min_gap=0.1, k=2.0)
     d = rule.decide(comp)
     out = verdicts([7, 8, 9], comp, d, signal_reasons(sig, DEFAULT_WEIGHTS, rule))
-    assert [v.client_id for v in out] == [7, 8, 9]
-    assert [v.trusted for v in out] == [True, True, False]
-    bad = out[2].as_dict()
+    assert [out.verdict(i).client_id for i in range(3)] == [7, 8, 9]
+    assert [v["trusted"] for v in out] == [True, True, False]
+    assert out.untrusted() == [out[2]] and out[-1] == out[2]
+    bad = out.verdict(2).as_dict()
+    assert bad == out[2]
     names = [r["signal"] for r in bad["reasons"]]
     assert names == ["pogq", "tcdm", "entropy", "composite"]
     comp_reason = bad["reasons"][-1]

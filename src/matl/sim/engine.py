@@ -34,6 +34,7 @@ from matl.models import BatchedModel, ClientData, LocalTrainingConfig, build_mod
 from matl.sim.config import SimulationConfig
 from matl.sim.history import History, RoundRecord
 from matl.sim.seeding import generator
+from matl.trust.verdicts import VerdictTable
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -295,7 +296,12 @@ class Simulation:
                 scores = full.tolist()
             if result.details is not None and "verdicts" in result.details:
                 # Only the flagged clients' verdicts (with their reasons), to keep histories small.
-                verdicts = [v for v in result.details["verdicts"] if not v["trusted"]]
+                table = result.details["verdicts"]
+                verdicts = (
+                    table.untrusted()
+                    if isinstance(table, VerdictTable)
+                    else [v for v in table if not v["trusted"]]
+                )
             agg_norm = float(result.aggregate.norm())
         else:
             agg_norm = 0.0

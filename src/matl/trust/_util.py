@@ -34,6 +34,14 @@ def check_rows(updates: torch.Tensor, signal: str) -> None:
         raise InvalidUpdateError(f"{signal}: updates must be floating point, got {updates.dtype}")
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, in one reduction for the common case: a sum is
+    finite only if every term is (a NaN or an infinity makes it NaN or infinite), so a finite sum
+    settles it; only a non-finite sum, which finite entries can also give by overflowing, is
+    checked entry by entry."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
     """``(n,)`` float64 Euclidean norms of the rows (a private copy); raises on rows holding NaN or
     Inf.

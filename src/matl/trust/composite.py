@@ -79,7 +79,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from matl.errors import ConfigError
-from matl.trust.base import Reason, SignalResult, Verdict
+from matl.trust.base import SignalResult
+from matl.trust.verdicts import ReasonColumn, VerdictTable
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -327,25 +328,25 @@ def verdicts(
     composite: torch.Tensor,
     decision: ThresholdDecision,
     evidence: Mapping[str, tuple[torch.Tensor, float]] | None = None,
-    extra: Sequence[Sequence[Reason]] | None = None,
+    extra: Sequence[ReasonColumn] = (),
     trusted: Sequence[bool] | None = None,
-) -> list[Verdict]:
-    """One :class:`Verdict` per client.
+) -> VerdictTable:
+    """The round's verdicts, one per client, as a :class:`~matl.trust.verdicts.VerdictTable`.
 
     Reasons, in order: each signal in ``evidence`` (its score against its own informational cut),
-    then ``composite`` (score against ``decision.threshold``), then ``extra[i]`` (reasons added
-    later in the pipeline, e.g. committee, cartel or quarantine). ``trusted`` is the final
+    then ``composite`` (score against ``decision.threshold``), then the ``extra`` columns (reasons
+    added later in the pipeline, e.g. committee, cartel or quarantine). ``trusted`` is the final
     decision (default: not flagged by ``decision``).
     """
     rows = composite.to(torch.float64).tolist()
     flagged = decision.flagged.tolist()
-    final = [not f for f in flagged] if trusted is None else [bool(t) for t in trusted]
-    ev = {name: (scores.tolist(), t) for name, (scores, t) in (evidence or {}).items()}
-    out = []
-    for i, cid in enumerate(client_ids):
-        reasons = [Reason(name, vals[i], t, vals[i] >= t) for name, (vals, t) in ev.items()]
-        reasons.append(Reason("composite", rows[i], decision.threshold, not flagged[i]))
-        if extra is not None:
-            reasons.extend(extra[i])
-        out.append(Verdict(int(cid), rows[i], final[i], tuple(reasons)))
-    return out
+    final = [not f for f in flagged] if trusted is None else list(trusted)
+    columns = [
+        ReasonColumn(name, scores.to(torch.float64).tolist(), float(t))
+        for name, (scores, t) in (evidence or {}).items()
+    ]
+    columns.append(
+        ReasonColumn("composite", rows, float(decision.threshold), [not f for f in flagged])
+    )
+    columns.extend(extra)
+    return VerdictTable(client_ids, rows, final, columns)

@@ -34,6 +34,7 @@ import torch
 from matl.aggregation.base import RoundContext
 from matl.errors import InvalidUpdateError
 from matl.trust._util import (
+    all_finite,
     assign_rows,
     check_number,
     check_rows,
@@ -229,7 +230,7 @@ class InnovationSignal:
         n = updates.shape[0]
         keys = unique_keys(n, ctx, "innovation")
         z = round_sketch(updates, self.sketch_dim, seed=self.seed).to(torch.float64)
-        if not bool(torch.isfinite(z).all()):
+        if not all_finite(z):
             raise InvalidUpdateError("innovation: updates contain NaN or Inf")
         st = self._state
         if st.dim is None:

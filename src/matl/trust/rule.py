@@ -48,7 +48,8 @@ raise the validation loss round after round (see :class:`~matl.trust.quality.PoG
 numbers, and ``docs/trust.md`` for the measured trust benchmark).
 
 Result: ``scores`` are the composite scores :math:`c_i`; ``flagged`` = not eligible or in a cartel;
-``details`` holds ``verdicts`` (one :class:`~matl.trust.base.Verdict` dict per client with its
+``details`` holds ``verdicts`` (a :class:`~matl.trust.verdicts.VerdictTable`: a sequence of one
+:class:`~matl.trust.base.Verdict` dict per client, built when read, with its
 reasons: each signal's score against its own informational cut, the decisive composite score
 against :math:`t`, the committee support against the quorum, cartel membership, quarantine), the
 threshold's ``decision``, ``reputation``, ``quarantined`` and ``cartels`` (client ids), and the
@@ -66,7 +67,7 @@ import torch
 from matl.aggregation.base import AggregationResult, AggregationRule, RoundContext
 from matl.aggregation.registry import register_rule
 from matl.errors import ConfigError, InvalidUpdateError
-from matl.trust.base import Reason, SignalResult, Verdict, client_keys
+from matl.trust.base import SignalResult, client_keys
 from matl.trust.cartel import CartelDetector, CartelReport
 from matl.trust.committee import Committee, CommitteeDecision
 from matl.trust.composite import (
@@ -80,6 +81,7 @@ from matl.trust.composite import (
 )
 from matl.trust.modes import check_mode
 from matl.trust.reputation import ReputationBook, ReputationUpdate
+from matl.trust.verdicts import ReasonColumn, VerdictTable
 
 __all__ = ["DEFAULT_SIGNAL_PARAMS", "SIGNALS", "MATLRule", "build_signal"]
 
@@ -386,7 +388,7 @@ class MATLRule(AggregationRule):
         )
         details: dict[str, Any] = {
             "mode": self.mode,
-            "verdicts": [v.as_dict() for v in round_verdicts],
+            "verdicts": round_verdicts,
             "decision": decision.as_dict(),
             "reputation": rep.reputation.tolist(),
             "quarantined": [c for c, q in zip(ids, rep.quarantined.tolist(), strict=True) if q],
@@ -467,28 +469,37 @@ class MATLRule(AggregationRule):
         cartel: CartelReport | None,
         rep: ReputationUpdate,
         flagged: torch.Tensor,
-    ) -> list[Verdict]:
+    ) -> VerdictTable:
         """Verdicts with the composite's reasons plus ``committee`` (support against the quorum),
         ``cartel`` (cartel size against ``cartel_min_size``) and ``quarantine`` (recent violations
         against ``max_violations``)."""
-        extra: list[list[Reason]] = [[] for _ in ids]
+        extra: list[ReasonColumn] = []
         if committee is not None:
-            support, trusted = committee.support.tolist(), committee.trusted.tolist()
-            for i, reasons in enumerate(extra):
-                reasons.append(Reason("committee", support[i], float(self.quorum), trusted[i]))
-        if cartel is not None:
-            sizes, members = cartel.size.tolist(), cartel.member.tolist()
-            for i, reasons in enumerate(extra):
-                reasons.append(
-                    Reason("cartel", float(sizes[i]), float(self.cartel_min_size), not members[i])
-                )
-        recent, quarantined = rep.recent_violations.tolist(), rep.quarantined.tolist()
-        for i, reasons in enumerate(extra):
-            reasons.append(
-                Reason(
-                    "quarantine", float(recent[i]), float(self.max_violations), not quarantined[i]
+            extra.append(
+                ReasonColumn(
+                    "committee",
+                    committee.support.to(torch.float64).tolist(),
+                    float(self.quorum),
+                    committee.trusted.tolist(),
                 )
             )
+        if cartel is not None:
+            extra.append(
+                ReasonColumn(
+                    "cartel",
+                    cartel.size.to(torch.float64).tolist(),
+                    float(self.cartel_min_size),
+                    (~cartel.member).tolist(),
+                )
+            )
+        extra.append(
+            ReasonColumn(
+                "quarantine",
+                rep.recent_violations.to(torch.float64).tolist(),
+                float(self.max_violations),
+                (~rep.quarantined).tolist(),
+            )
+        )
         return verdicts(ids, composite, decision, evidence, extra, (~flagged).tolist())
 
     # -------------------------------------------------------------------------------- state
