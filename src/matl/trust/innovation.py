@@ -139,7 +139,17 @@ class InnovationSignal:
     on the model's scale, but it does depend on how persistent honest deviations are: on the
     synthetic task of the unit tests honest running values stay below 0.6, and there
     :math:`T = 0.8` also catches σ = 1 noise. A client with fewer than ``min_observations``
-    (default 3) innovations scores ``neutral`` (1.0).
+    (default 1) innovations scores ``neutral`` (1.0): a client is scored from its second
+    consecutive round on, on its first innovation alone (the bias-corrected average of one
+    observation is that observation). Waiting for three, as this signal first did, left every
+    noisy client unflagged in rounds 0–2, a ceiling of 27/30 = 0.90 on detection in a 30-round
+    run; on the calibration seeds (10 and 11, Mode 1, MNIST) scoring from the first innovation
+    raised Gaussian-noise detection from 0.90 to 0.97 at 20 and 33 % and from 0.81 / 0.87 to
+    0.91 / 0.97 at 45 %, sleeper detection at 20 % from 0.83 / 0.84 to 0.85 / 0.85, and changed
+    no false-positive rate by more than 0.003 (attack-free, sign flip, ALIE, IPM, scaling,
+    collusion and label flip unchanged): an honest client's single innovation stays below
+    :math:`T` on MNIST, because honest
+    deviations persist from one round to the next (:math:`\rho \approx 0.36`).
 
     Only consecutive participations are compared (the client was also in the previous call; one
     call is one round): a client that skipped rounds has a deviation that moved for reasons of
@@ -200,7 +210,7 @@ class InnovationSignal:
     threshold: float = 1.5
     width: float = 0.05
     memory: float = 0.8
-    min_observations: int = 3
+    min_observations: int = 1
     neutral: float = 1.0
     sketch_dim: int | None = 1024
     seed: int = 0
