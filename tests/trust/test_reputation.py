@@ -128,3 +128,69 @@ def test_update_checks_shapes_and_ids() -> None:
         _round(book, [0.5, 0.5], [False, False], ids=[1, 1])
     with pytest.raises(ValueError, match="needs"):
         book.update([1, 2], torch.zeros(3), torch.zeros(2, dtype=torch.bool))
+
+
+def _loop_update(book: dict, ids: list[int], scores: list[float], bad: list[bool], **cfg) -> None:
+    """The dynamics of the module docstring, one client at a time (the reference)."""
+    memory = cfg["window"] or cfg["max_violations"]
+    for cid, score, b in zip(ids, scores, bad, strict=True):
+        st = book.setdefault(cid, {"reputation": cfg["r0"], "recent": [], "quarantined": False,
+                                   "clean_streak": 0, "rounds": 0, "violations": 0,
+                                   "quarantines": 0})  # fmt: skip
+        was = st["quarantined"]
+        st["rounds"] += 1
+        if b:
+            st["reputation"] = (1.0 - cfg["penalty"]) * st["reputation"]
+            st["violations"] += 1
+            st["clean_streak"] = 0
+        else:
+            st["reputation"] = (1.0 - cfg["gain"]) * st["reputation"] + cfg["gain"] * score
+            st["clean_streak"] += 1
+        st["reputation"] = min(max(st["reputation"], 0.0), 1.0)
+        st["recent"] = (st["recent"] + [b])[-memory:]
+        if was:
+            if st["clean_streak"] >= cfg["release_after"]:
+                st["quarantined"] = False
+                st["recent"] = []
+        elif sum(st["recent"]) >= cfg["max_violations"]:
+            st["quarantined"] = True
+            st["quarantines"] += 1
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_vectorised_update_equals_the_per_client_loop(window: int | None) -> None:
+    """Random rounds over a changing subset of 40 clients: the column-stored book ends in exactly
+    the state (bit for bit) of the per-client loop, and so does a book restored mid-way."""
+    cfg = {"r0": 0.4, "gain": 0.25, "penalty": 0.6, "max_violations": 2, "window": window,
+           "release_after": 2}  # fmt: skip
+    book = ReputationBook(**cfg)
+    ref: dict = {}
+    g = torch.Generator().manual_seed(0)
+    for rnd in range(60):
+        ids = torch.randperm(40, generator=g)[: int(torch.randint(5, 30, (1,), generator=g))]
+        ids_list = [int(i) * 3 + 1 for i in ids]  # ids that are not row numbers
+        scores = torch.rand(len(ids_list), generator=g, dtype=torch.float64) * 1.2 - 0.1
+        bad = torch.rand(len(ids_list), generator=g) < 0.35
+        update = book.update(ids_list, scores, bad)
+        _loop_update(ref, ids_list, scores.clamp(0.0, 1.0).tolist(), bad.tolist(), **cfg)
+        assert update.reputation.tolist() == [ref[c]["reputation"] for c in ids_list]
+        assert update.quarantined.tolist() == [ref[c]["quarantined"] for c in ids_list]
+        assert update.recent_violations.tolist() == [sum(ref[c]["recent"]) for c in ids_list]
+        if rnd == 30:
+            restored = ReputationBook(**cfg)
+            restored.load_state_dict(book.state_dict())
+            book = restored
+    assert book.state_dict() == {"clients": ref}
+    assert book.reputation([1, 4, 999]).tolist() == [
+        ref.get(1, {"reputation": 0.4})["reputation"],
+        ref.get(4, {"reputation": 0.4})["reputation"],
+        0.4,
+    ]
+
+
+def test_state_with_a_longer_memory_than_the_book_is_rejected() -> None:
+    state = ReputationBook(max_violations=2, window=5).state_dict()
+    state["clients"] = {7: {"reputation": 0.5, "recent": [True] * 5, "quarantined": True,
+                            "clean_streak": 0, "rounds": 5, "violations": 5, "quarantines": 1}}  # fmt: skip
+    with pytest.raises(ValueError, match="remembers 5 participations"):
+        ReputationBook(max_violations=2, window=3).load_state_dict(state)

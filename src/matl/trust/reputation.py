@@ -29,6 +29,12 @@ aggregation weight is proportional to :math:`r_i\, c_i` (see :meth:`ReputationBo
 
 State (:meth:`ReputationBook.state_dict`): per client id its reputation, violation memory,
 quarantine flag, clean streak and counters. Clients absent from a round are left unchanged.
+
+The book keeps these as columns (one row per client ever seen, the violation memory as a
+``(clients, window)`` table whose last column is the latest participation) and updates a round's
+clients with a few vectorised operations: the same IEEE arithmetic as a loop over clients (each
+client's update reads only its own row), without a Python step per client — which cost about
+6 ms a round at :math:`n = 1000`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 import torch
 
 from matl.errors import ConfigError
+from matl.trust._util import assign_rows, grow
 
 __all__ = ["ClientReputation", "ReputationBook", "ReputationUpdate"]
 
@@ -119,7 +126,7 @@ class ReputationBook:
     max_violations: int = 3
     window: int | None = 5
     release_after: int = 3
-    _clients: dict[int, ClientReputation] = field(default_factory=dict, init=False, repr=False)
+    _book: _Columns = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _unit("r0", self.r0, low_open=False)
@@ -139,6 +146,7 @@ class ReputationBook:
                     f"reputation window ({self.window}) must be >= max_violations "
                     f"({self.max_violations})"
                 )
+        self._book = _Columns.empty(self.memory)
 
     @property
     def memory(self) -> int:
@@ -147,11 +155,19 @@ class ReputationBook:
 
     def get(self, client_id: int) -> ClientReputation:
         """The state of ``client_id`` (a fresh ``r0`` state, not stored, if it is unknown)."""
-        return self._clients.get(int(client_id), ClientReputation(float(self.r0)))
+        row = self._book.index.get(int(client_id))
+        if row is None:
+            return ClientReputation(float(self.r0))
+        return self._book.client(row)
 
     def reputation(self, client_ids: Sequence[int]) -> torch.Tensor:
         """``(n,)`` float64 current reputations (``r0`` for unknown clients)."""
-        return torch.tensor([self.get(c).reputation for c in client_ids], dtype=torch.float64)
+        book = self._book
+        rows = torch.tensor([book.index.get(int(c), -1) for c in client_ids], dtype=torch.int64)
+        out = torch.full((len(rows),), float(self.r0), dtype=torch.float64)
+        known = rows >= 0
+        out[known] = book.reputation[rows[known]]
+        return out
 
     def update(
         self, client_ids: Sequence[int], scores: torch.Tensor, violations: torch.Tensor
@@ -166,41 +182,37 @@ class ReputationBook:
             )
         if len(set(client_ids)) != n:
             raise ValueError(f"repeated client ids in one round: {list(client_ids)}")
-        c = scores.detach().to(torch.float64).clamp(0.0, 1.0).tolist()
-        v = violations.detach().to(torch.bool).tolist()
-        rep, quar, new_q, rel, recent = [], [], [], [], []
-        for cid, score, bad in zip(client_ids, c, v, strict=True):
-            st = self._clients.setdefault(int(cid), ClientReputation(float(self.r0)))
-            was_quarantined = st.quarantined
-            st.rounds += 1
-            if bad:
-                st.reputation = (1.0 - self.penalty) * st.reputation
-                st.violations += 1
-                st.clean_streak = 0
-            else:
-                st.reputation = (1.0 - self.gain) * st.reputation + self.gain * score
-                st.clean_streak += 1
-            st.reputation = min(max(st.reputation, 0.0), 1.0)
-            st.recent.append(bool(bad))
-            del st.recent[: -self.memory]
-            if st.quarantined:
-                if st.clean_streak >= self.release_after:
-                    st.quarantined = False
-                    st.recent.clear()
-            elif sum(st.recent) >= self.max_violations:
-                st.quarantined = True
-                st.quarantines += 1
-            rep.append(st.reputation)
-            quar.append(st.quarantined)
-            new_q.append(st.quarantined and not was_quarantined)
-            rel.append(was_quarantined and not st.quarantined)
-            recent.append(sum(st.recent))
+        c = scores.detach().to(torch.float64).clamp(0.0, 1.0)
+        bad = violations.detach().to(torch.bool)
+        book = self._book
+        rows = book.rows([int(cid) for cid in client_ids], float(self.r0))
+        was_quarantined = book.quarantined[rows]
+        book.rounds[rows] += 1
+        r = book.reputation[rows]
+        r = torch.where(bad, (1.0 - self.penalty) * r, (1.0 - self.gain) * r + self.gain * c)
+        book.reputation[rows] = r.clamp(0.0, 1.0)
+        book.violations[rows] += bad.to(torch.int64)
+        streak = torch.where(bad, 0, book.clean_streak[rows] + 1)
+        book.clean_streak[rows] = streak
+        # The violation memory: shift left, the latest participation enters on the right.
+        recent = torch.cat([book.recent[rows, 1:], bad.unsqueeze(1)], dim=1)
+        length = (book.length[rows] + 1).clamp(max=self.memory)
+        released = was_quarantined & (streak >= self.release_after)
+        recent[released] = False
+        length = torch.where(released, 0, length)
+        count = recent.sum(dim=1)
+        entered = ~was_quarantined & (count >= self.max_violations)
+        quarantined = (was_quarantined & ~released) | entered
+        book.recent[rows] = recent
+        book.length[rows] = length
+        book.quarantined[rows] = quarantined
+        book.quarantines[rows] += entered.to(torch.int64)
         return ReputationUpdate(
-            reputation=torch.tensor(rep, dtype=torch.float64),
-            quarantined=torch.tensor(quar, dtype=torch.bool),
-            newly_quarantined=torch.tensor(new_q, dtype=torch.bool),
-            released=torch.tensor(rel, dtype=torch.bool),
-            recent_violations=torch.tensor(recent, dtype=torch.int64),
+            reputation=book.reputation[rows].clone(),
+            quarantined=quarantined,
+            newly_quarantined=entered,
+            released=released,
+            recent_violations=count.to(torch.int64),
         )
 
     @staticmethod
@@ -214,16 +226,16 @@ class ReputationBook:
 
     def state_dict(self) -> dict[str, Any]:
         """``{"clients": {id: {...}}}`` (plain Python values)."""
-        return {"clients": {cid: st.as_dict() for cid, st in self._clients.items()}}
+        book = self._book
+        return {"clients": {cid: book.client(row).as_dict() for cid, row in book.index.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (ids may be ints or their string forms, as after JSON)."""
         unknown = set(state) - {"clients"}
         if unknown:
             raise ValueError(f"reputation state has unknown keys {sorted(unknown)}")
-        clients = {}
-        for cid, st in state.get("clients", {}).items():
-            clients[int(cid)] = ClientReputation(
+        clients = {
+            int(cid): ClientReputation(
                 reputation=float(st["reputation"]),
                 recent=[bool(b) for b in st["recent"]],
                 quarantined=bool(st["quarantined"]),
@@ -232,11 +244,95 @@ class ReputationBook:
                 violations=int(st["violations"]),
                 quarantines=int(st["quarantines"]),
             )
-        self._clients = clients
+            for cid, st in state.get("clients", {}).items()
+        }
+        for cid, rec in clients.items():
+            if len(rec.recent) > self.memory:
+                raise ValueError(
+                    f"reputation state of client {cid} remembers {len(rec.recent)} "
+                    f"participations, this book keeps {self.memory}"
+                )
+        self._book = _Columns.of(clients, self.memory)
 
     def reset(self) -> None:
         """Forget every client."""
-        self._clients = {}
+        self._book = _Columns.empty(self.memory)
+
+
+@dataclass
+class _Columns:
+    """Every known client's state, one row per client id (``index``: id → row)."""
+
+    index: dict[int, int]
+    reputation: torch.Tensor  # (N,) float64
+    recent: torch.Tensor  # (N, memory) bool; the last ``length`` columns are the memory
+    length: torch.Tensor  # (N,) int64
+    quarantined: torch.Tensor  # (N,) bool
+    clean_streak: torch.Tensor  # (N,) int64
+    rounds: torch.Tensor  # (N,) int64
+    violations: torch.Tensor  # (N,) int64
+    quarantines: torch.Tensor  # (N,) int64
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def empty(cls, memory: int) -> _Columns:
+        return cls.of({}, memory)
+
+    @classmethod
+    def of(cls, clients: dict[int, ClientReputation], memory: int) -> _Columns:
+        """Columns holding ``clients`` (rows in their order)."""
+        recent = torch.zeros(len(clients), memory, dtype=torch.bool)
+        for row, rec in enumerate(clients.values()):
+            if rec.recent:
+                recent[row, memory - len(rec.recent) :] = torch.tensor(rec.recent)
+        ints = {
+            name: torch.tensor([getattr(rec, name) for rec in clients.values()], dtype=torch.int64)
+            for name in ("clean_streak", "rounds", "violations", "quarantines")
+        }
+        return cls(
+            index={cid: row for row, cid in enumerate(clients)},
+            reputation=torch.tensor(
+                [rec.reputation for rec in clients.values()], dtype=torch.float64
+            ),
+            recent=recent,
+            length=torch.tensor([len(rec.recent) for rec in clients.values()], dtype=torch.int64),
+            quarantined=torch.tensor(
+                [rec.quarantined for rec in clients.values()], dtype=torch.bool
+            ),
+            **ints,
+        )
+
+    def rows(self, client_ids: list[int], r0: float) -> torch.Tensor:
+        """The rows of ``client_ids``, adding new clients (reputation ``r0``) at the end."""
+        before = len(self.index)
+        rows, _ = assign_rows(self.index, client_ids)
+        size = len(self.index)
+        if size > before:
+            self.reputation = grow(self.reputation, size, r0)
+            self.recent = grow(self.recent, size, False)
+            self.quarantined = grow(self.quarantined, size, False)
+            for name in ("length", "clean_streak", "rounds", "violations", "quarantines"):
+                setattr(self, name, grow(getattr(self, name), size, 0))
+        return rows
+
+    def client(self, row: int) -> ClientReputation:
+        """Row ``row`` as a :class:`ClientReputation` (a copy)."""
+        length = int(self.length[row])
+        memory = self.recent.shape[1]
+        return ClientReputation(
+            reputation=float(self.reputation[row]),
+            recent=[bool(b) for b in self.recent[row, memory - length :].tolist()]
+            if length
+            else [],
+            quarantined=bool(self.quarantined[row]),
+            clean_streak=int(self.clean_streak[row]),
+            rounds=int(self.rounds[row]),
+            violations=int(self.violations[row]),
+            quarantines=int(self.quarantines[row]),
+        )
 
 
 def _unit(name: str, value: object, *, low_open: bool) -> None:
