@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -50,6 +51,7 @@ def test_rows_are_the_verdicts_as_dicts() -> None:
     assert table == list(table) and table == _table()
     assert table.signals == ("pogq", "composite", "committee")
     assert json.loads(json.dumps(list(table))) == list(table)
+    assert pickle.loads(pickle.dumps(table)) == table
 
 
 def test_untrusted_builds_only_the_clients_not_trusted() -> None:
