@@ -15,6 +15,7 @@ entries) where most readers want only the flagged clients (the simulator keeps t
 row order — so code that iterates, indexes or takes ``len()`` of ``details["verdicts"]`` reads
 what it always read; :meth:`VerdictTable.verdict` gives the named tuple and
 :meth:`VerdictTable.untrusted` the dicts of the clients not trusted, without building the others.
+``list(table)`` is the plain list of dicts (the table itself is not JSON-serialisable; it pickles).
 """
 
 from __future__ import annotations
