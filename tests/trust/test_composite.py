@@ -11,6 +11,7 @@ from matl.trust.composite import (
     DEFAULT_WEIGHTS,
     AdaptiveThreshold,
     combine,
+    lowest_signal_score,
     mode_weights,
     signal_reasons,
     verdicts,
@@ -121,6 +122,29 @@ def test_safe_score_and_hard_floor() -> None:
     assert AdaptiveThreshold(hard_floor=0.1).decide(flat).flagged.all()
 
 
+def test_attack_signature_guard() -> None:
+    """Guard 4: a separated low group is cut only in a round where some client fails some signal
+    outright (lowest weighted signal score <= signature); the hard floor applies regardless."""
+    scores = torch.tensor([0.95, 0.96, 0.94, 0.95, 0.7, 0.71], dtype=torch.float64)
+    rule = AdaptiveThreshold(signature=0.1, hard_floor=0.05)
+    unsigned = rule.decide(scores, lowest=0.25)
+    assert not unsigned.flagged.any() and not unsigned.signed and unsigned.separated
+    assert unsigned.threshold == 0.05 and unsigned.as_dict()["signed"] is False
+    signed = rule.decide(scores, lowest=0.1)
+    assert signed.signed and signed.flagged.tolist() == [False] * 4 + [True] * 2
+    assert rule.decide(scores).flagged.tolist() == signed.flagged.tolist()  # lowest not given
+    assert AdaptiveThreshold().decide(scores, lowest=0.9).signed  # no signature configured
+    floor = torch.tensor([0.95, 0.95, 0.95, 0.02], dtype=torch.float64)
+    assert rule.decide(floor, lowest=0.5).flagged.tolist() == [False] * 3 + [True]
+
+
+def test_lowest_signal_score_reads_only_weighted_signals() -> None:
+    sig = {"pogq": _res([0.9, 0.3]), "tcdm": _res([0.0, 1.0]), "entropy": _res([0.8, 0.7])}
+    assert lowest_signal_score(sig, {"pogq": 0.5, "tcdm": 0.0, "entropy": 0.5}) == 0.3
+    assert lowest_signal_score(sig, DEFAULT_WEIGHTS) == 0.0
+    assert lowest_signal_score({}, DEFAULT_WEIGHTS) == float("inf")
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -130,6 +154,8 @@ def test_safe_score_and_hard_floor() -> None:
         {"safe_score": 0},
         {"hard_floor": 0.9, "safe_score": 0.5},
         {"k": True},
+        {"signature": 1.5},
+        {"signature": -0.1},
     ],
 )
 def test_threshold_validates(kwargs: dict) -> None:

@@ -354,3 +354,45 @@ def test_simulation_without_attack_flags_nobody(data, mode: int) -> None:
 def test_other_rules_record_no_verdicts(data) -> None:
     h = _sim(data, defense="median", rounds=1)
     assert h.rounds[0].verdicts is None
+
+
+# ------------------------------------------------------------------------ attack signature
+def _round_with_outlier(cos_to_centre: float) -> tuple[torch.Tensor, RoundContext]:
+    """19 honest updates around one direction and one whose cosine to it is ``cos_to_centre``
+    (same norm as a typical honest update)."""
+    g = torch.Generator().manual_seed(0)
+    d, n = 64, 20
+    m = torch.randn(d, generator=g)
+    honest = m + 0.8 * torch.randn(n - 1, d, generator=g) * m.norm() / d**0.5
+    perp = torch.randn(d, generator=g)
+    perp -= (perp @ m) / (m @ m) * m
+    c = cos_to_centre
+    odd = c * m / m.norm() + (1 - c * c) ** 0.5 * perp / perp.norm()
+    u = torch.cat([honest, (odd * honest.norm(dim=1).median()).unsqueeze(0)])
+    return u, RoundContext(client_ids=tuple(range(n)), round=0)
+
+
+def test_a_mild_lone_outlier_is_not_an_attack_but_a_failed_signal_is() -> None:
+    """Mode 0, one round: a client pointing slightly away from the crowd (peer score 0.33,
+    composite 0.73) is cut by the two-cluster split without the attack-signature guard, and not
+    with it (default 0.1): no client failed a signal outright. One pointing clearly away (peer
+    score 0) is flagged either way."""
+    u, ctx = _round_with_outlier(-0.15)
+    res = MATLRule(mode=0)(u, ctx)
+    assert res.details is not None
+    peer = next(r for r in res.details["verdicts"][-1]["reasons"] if r["signal"] == "peer")
+    assert 0.1 < peer["value"] < 0.375  # precondition: a mild outlier, below the safe score
+    assert not res.flagged.any() and res.details["decision"]["signed"] is False
+    assert res.weights[-1] < res.weights[:-1].min()  # still weighted down by its composite
+    assert res.flagged.tolist() == [False] * 19 + [False]
+    unguarded = MATLRule(mode=0, attack_signature=None)(u, ctx)
+    assert unguarded.flagged.tolist() == [False] * 19 + [True]
+    u, ctx = _round_with_outlier(-0.6)
+    res = MATLRule(mode=0)(u, ctx)
+    assert res.details is not None and res.details["decision"]["signed"] is True
+    assert res.flagged.tolist() == [False] * 19 + [True]
+
+
+def test_attack_signature_is_validated() -> None:
+    with pytest.raises(ConfigError, match="signature"):
+        MATLRule(attack_signature=2.0)

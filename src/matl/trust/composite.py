@@ -56,6 +56,17 @@ attacker). The guard is a set of conditions, each of which alone stops a flag:
    completely scores at most :math:`1 - 0.3 = 0.7` (``1 − 0.4 = 0.6`` for the anchoring signal),
    below the default 0.75, while honest composite scores sit near 1.
 
+4. *No attack signature, no cut* (``signature``, off in the class, 0.1 in
+   :class:`~matl.trust.rule.MATLRule`): the adaptive cut is used only in a round where some
+   client fails some signal outright — its score on a weighted signal is at most ``signature``
+   (the caller passes the round's lowest such score to :meth:`AdaptiveThreshold.decide`). An
+   attack leaves that mark: a detected sign flipper or boosted update scores 0 on PoGQ, a noisy
+   client 0 on TCDM's innovation test, a sybil group 0.02–0.2 on community diversity. The honest
+   clients the cut used to flag in attack-free rounds are mild outliers on one signal: on the
+   MNIST calibration seeds they scored 0.20–0.36 on PoGQ with TCDM and entropy at 1, a composite
+   of 0.68–0.745 that the cut alone cannot tell from a sign flipper's (``docs/trust.md``,
+   "An attack signature").
+
 When the split is rejected the adaptive cut is dropped (:math:`t_{\text{adaptive}} = 0`). These
 are properties of the threshold; the signals must keep honest scores apart from attackers' — see
 :class:`~matl.trust.rule.MATLRule` for the measured calibration.
@@ -88,6 +99,7 @@ __all__ = [
     "ThresholdDecision",
     "check_weights",
     "combine",
+    "lowest_signal_score",
     "mode_weights",
     "signal_reasons",
     "verdicts",
@@ -179,7 +191,10 @@ class ThresholdDecision:
         ``cluster``: the Otsu gap :math:`\\mu_H - \\mu_L` and the within-cluster standard deviation
         :math:`\\sigma_w`; ``mad``: the median minus the lowest score, and :math:`\\hat\\sigma`.
     adaptive:
-        The adaptive cut before the guards (0 when not separated).
+        The adaptive cut before the guards (0 when not separated or not signed).
+    signed:
+        Whether the round showed an attack signature (always ``True`` when the threshold has no
+        ``signature`` or the caller gave no lowest signal score).
     """
 
     threshold: float
@@ -188,6 +203,7 @@ class ThresholdDecision:
     gap: float
     spread: float
     adaptive: float
+    signed: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """The scalar fields (no per-client tensor), for logs and audit details."""
@@ -197,6 +213,7 @@ class ThresholdDecision:
             "gap": self.gap,
             "spread": self.spread,
             "adaptive": self.adaptive,
+            "signed": self.signed,
             "n_flagged": int(self.flagged.sum()),
         }
 
@@ -219,6 +236,8 @@ class AdaptiveThreshold:
         Scores ``>= safe_score`` are never flagged, in ``(0, 1]`` (default 0.75).
     hard_floor:
         Scores ``< hard_floor`` are always flagged, in ``[0, safe_score]`` (0 = off).
+    signature:
+        The attack signature of guard 4, in ``[0, 1]``, or ``None`` (off, default).
     """
 
     METHODS: ClassVar[tuple[str, ...]] = ("cluster", "mad")
@@ -228,6 +247,7 @@ class AdaptiveThreshold:
     min_gap: float = 0.15
     safe_score: float = 0.75
     hard_floor: float = 0.0
+    signature: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in self.METHODS:
@@ -238,15 +258,19 @@ class AdaptiveThreshold:
         _check_number("min_gap", self.min_gap, 0.0, 1.0)
         _check_number("safe_score", self.safe_score, 0.0, 1.0, low_open=True)
         _check_number("hard_floor", self.hard_floor, 0.0, self.safe_score)
+        if self.signature is not None:
+            _check_number("signature", self.signature, 0.0, 1.0)
 
-    def decide(self, scores: torch.Tensor) -> ThresholdDecision:
-        """The round's cut and flags for the ``(n,)`` ``scores``."""
+    def decide(self, scores: torch.Tensor, lowest: float | None = None) -> ThresholdDecision:
+        """The round's cut and flags for the ``(n,)`` ``scores``; ``lowest`` is the round's lowest
+        score on any weighted signal (for guard 4; ``None``: not checked)."""
         s = scores.detach().to(torch.float64).flatten()
         if self.method == "cluster":
             separated, gap, spread, adaptive = _cluster_cut(s, self.k, self.min_gap)
         else:
             separated, gap, spread, adaptive = _mad_cut(s, self.k, self.min_gap)
-        if not separated:
+        signed = self.signature is None or lowest is None or lowest <= self.signature
+        if not (separated and signed):
             adaptive = 0.0
         t = min(max(adaptive, self.hard_floor), self.safe_score)
         return ThresholdDecision(
@@ -256,7 +280,21 @@ class AdaptiveThreshold:
             gap=gap,
             spread=spread,
             adaptive=adaptive,
+            signed=signed,
         )
+
+
+def lowest_signal_score(
+    signals: Mapping[str, SignalResult | torch.Tensor], weights: Mapping[str, float]
+) -> float:
+    """The round's lowest score on any signal with a positive weight (``inf`` if none): what
+    guard 4 of :class:`AdaptiveThreshold` compares with its ``signature``."""
+    lows = [
+        float((v.scores if isinstance(v, SignalResult) else v).min())
+        for name, v in signals.items()
+        if weights.get(name, 0) > 0 and (v.scores if isinstance(v, SignalResult) else v).numel()
+    ]
+    return min(lows, default=math.inf)
 
 
 def _cluster_cut(s: torch.Tensor, k: float, min_gap: float) -> tuple[bool, float, float, float]:
