@@ -211,12 +211,20 @@ class InnovationSignal:
     width: float = 0.05
     memory: float = 0.8
     min_observations: int = 1
+    early_margin: float = 0.1
     neutral: float = 1.0
     sketch_dim: int | None = 1024
     seed: int = 0
     _state: _Deviations = field(default_factory=_Deviations, init=False, repr=False, compare=False)
 
     group_tau: float = 0.99
+
+    def limit(self, count: torch.Tensor) -> torch.Tensor:
+        r"""``(n,)`` float64 threshold for running values of ``count`` innovations:
+        :math:`T\,(1 + m \max(0, 3 - k) / 2)` (``early_margin`` :math:`m`), :math:`T` from the
+        third innovation on."""
+        early = (3 - count).clamp(min=0).to(torch.float64) / 2.0
+        return self.threshold * (1.0 + self.early_margin * early)
 
     @property
     def clip(self) -> float:
@@ -228,6 +236,7 @@ class InnovationSignal:
         check_number("innovation", "width", self.width, low=0.0, low_open=True)
         check_number("innovation", "memory", self.memory, low=0.0, high=1.0, high_open=True)
         check_number("innovation", "min_observations", self.min_observations, low=1, integer=True)
+        check_number("innovation", "early_margin", self.early_margin, low=0.0)
         check_number("innovation", "neutral", self.neutral, low=0.0, high=1.0)
         if self.sketch_dim is not None:
             check_number("innovation", "sketch_dim", self.sketch_dim, low=1, integer=True)
@@ -273,7 +282,8 @@ class InnovationSignal:
             grouped = torch.zeros_like(grouped)
         size_all = median(norms[~grouped])
         before = running_value(st.mean_all, st.weight, rows, 0.0)
-        excluded = grouped | (st.count[rows] >= self.min_observations) & (before > self.threshold)
+        count = st.count[rows]
+        excluded = grouped | (count >= self.min_observations) & (before > self.limit(count))
         if n - int(excluded.sum()) < 3:
             excluded = grouped
         size = median(norms[~excluded])
@@ -305,8 +315,9 @@ class InnovationSignal:
         st.last_round[rows] = rnd if size > 0 else -1
 
         running = running_value(st.mean, st.weight, rows, math.nan)
-        scored = st.count[rows] >= self.min_observations
-        excess = ((running - self.threshold) / self.width).clamp_min(0.0)
+        count = st.count[rows]
+        scored = count >= self.min_observations
+        excess = ((running - self.limit(count)) / self.width).clamp_min(0.0)
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))
         return SignalResult(
             scores=scores.to(torch.float64),
