@@ -385,3 +385,32 @@ def test_states_round_trip_when_the_clip_is_not_exact_in_binary(honest_rounds: R
     c = InnovationSignal(threshold=1.4)
     c.load_state_dict(without)  # a state without mean_all: taken equal to mean
     assert torch.equal(c.state_dict()["mean_all"], a.state_dict()["mean"])
+
+
+def test_first_innovations_face_a_raised_threshold() -> None:
+    """T·(1 + m·max(0, 3 − k)/2) after k innovations: 1.1 T, then 1.05 T, then T."""
+    sig = InnovationSignal(threshold=1.5, early_margin=0.1)
+    limits = sig.limit(torch.tensor([1, 2, 3, 9])).tolist()
+    assert limits == pytest.approx([1.65, 1.575, 1.5, 1.5])
+    assert InnovationSignal(early_margin=0).limit(torch.tensor([1])).tolist() == [1.5]
+    with pytest.raises(ConfigError, match="early_margin"):
+        InnovationSignal(early_margin=-0.1)
+
+
+def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
+    honest_rounds: Rounds,
+) -> None:
+    """Round 1 on the synthetic task at a low threshold (T = 0.8): one honest client's first
+    innovation (0.93) fails T outright without the margin and is judged against 1.1 T = 0.88
+    with it, which it exceeds by one width only (score about 0.6, not about 0)."""
+    scores = {}
+    for margin in (0.0, 0.1):
+        sig = InnovationSignal(threshold=0.8, early_margin=margin)
+        for u, ctx in honest_rounds(2, scheme="iid", model="logreg"):
+            res = sig(u, ctx)
+        scores[margin] = res.scores
+        ratios = res.raw["innovation"]
+    worst = int(torch.argmax(ratios))
+    assert 0.8 + 2 * 0.05 < float(ratios[worst]) < 0.88 + 2 * 0.05  # precondition
+    assert float(scores[0.0][worst]) < 0.1 and float(scores[0.1][worst]) > 0.5
+    assert float(scores[0.1].min()) == float(scores[0.1][worst])  # nobody else failed
