@@ -379,10 +379,7 @@ def verdicts(
     rows = composite.to(torch.float64).tolist()
     flagged = decision.flagged.tolist()
     final = [not f for f in flagged] if trusted is None else list(trusted)
-    columns = [
-        ReasonColumn(name, scores.to(torch.float64).tolist(), float(t))
-        for name, (scores, t) in (evidence or {}).items()
-    ]
+    columns = [ReasonColumn.of(name, scores, t) for name, (scores, t) in (evidence or {}).items()]
     columns.append(
         ReasonColumn("composite", rows, float(decision.threshold), [not f for f in flagged])
     )

@@ -507,28 +507,15 @@ class MATLRule(AggregationRule):
         extra: list[ReasonColumn] = []
         if committee is not None:
             extra.append(
-                ReasonColumn(
-                    "committee",
-                    committee.support.to(torch.float64).tolist(),
-                    float(self.quorum),
-                    committee.trusted.tolist(),
-                )
+                ReasonColumn.of("committee", committee.support, self.quorum, committee.trusted)
             )
         if cartel is not None:
             extra.append(
-                ReasonColumn(
-                    "cartel",
-                    cartel.size.to(torch.float64).tolist(),
-                    float(self.cartel_min_size),
-                    (~cartel.member).tolist(),
-                )
+                ReasonColumn.of("cartel", cartel.size, self.cartel_min_size, ~cartel.member)
             )
         extra.append(
-            ReasonColumn(
-                "quarantine",
-                rep.recent_violations.to(torch.float64).tolist(),
-                float(self.max_violations),
-                (~rep.quarantined).tolist(),
+            ReasonColumn.of(
+                "quarantine", rep.recent_violations, self.max_violations, ~rep.quarantined
             )
         )
         return verdicts(ids, composite, decision, evidence, extra, (~flagged).tolist())

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, overload
 
+import torch
+
 from matl.trust.base import Reason, Verdict
 
 __all__ = ["ReasonColumn", "VerdictTable"]
@@ -37,6 +39,23 @@ class ReasonColumn(NamedTuple):
     values: Sequence[float]
     threshold: float | Sequence[float]
     passed: Sequence[bool] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        signal: str,
+        values: torch.Tensor,
+        threshold: float,
+        passed: torch.Tensor | None = None,
+    ) -> ReasonColumn:
+        """A column from ``(n,)`` tensors (values as float64 Python floats, one shared
+        threshold)."""
+        return cls(
+            signal,
+            values.to(torch.float64).tolist(),
+            float(threshold),
+            None if passed is None else passed.tolist(),
+        )
 
     def reason(self, i: int) -> Reason:
         """Client ``i``'s :class:`~matl.trust.base.Reason`."""
