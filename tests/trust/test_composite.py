@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from matl.errors import ConfigError
-from matl.trust.base import SignalResult
+from matl.trust.base import FAILED, SignalResult
 from matl.trust.composite import (
     DEFAULT_WEIGHTS,
     AdaptiveThreshold,
@@ -143,6 +143,14 @@ def test_lowest_signal_score_reads_only_weighted_signals() -> None:
     assert lowest_signal_score(sig, {"pogq": 0.5, "tcdm": 0.0, "entropy": 0.5}) == 0.3
     assert lowest_signal_score(sig, DEFAULT_WEIGHTS) == 0.0
     assert lowest_signal_score({}, DEFAULT_WEIGHTS) == float("inf")
+    # a client the signal marks as failing outright counts as 0, whatever its score
+    marked = SignalResult(
+        scores=torch.tensor([0.9, 0.2], dtype=torch.float64),
+        raw={FAILED: torch.tensor([False, True])},
+    )
+    assert lowest_signal_score({**sig, "tcdm": marked}, DEFAULT_WEIGHTS) == 0.0
+    unmarked = SignalResult(scores=marked.scores, raw={FAILED: torch.tensor([False, False])})
+    assert lowest_signal_score({**sig, "tcdm": unmarked}, DEFAULT_WEIGHTS) == 0.2
 
 
 @pytest.mark.parametrize(

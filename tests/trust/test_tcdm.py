@@ -11,6 +11,7 @@ from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import TCDM, CommunitySignal, Signal, TemporalSignal
 from matl.trust._util import robust_z
+from matl.trust.base import FAILED
 from matl.trust.tcdm import pairwise_cosines
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
@@ -279,6 +280,7 @@ def test_identical_updates_form_a_community(honest_rounds: Rounds) -> None:
     assert res.raw["group_size"][:4].tolist() == [4.0] * 4
     assert res.scores[:4].tolist() == pytest.approx([0.2 * 2 / 3] * 4)
     assert res.scores[4:].tolist() == [1.0] * 16
+    assert res.raw[FAILED].tolist() == [True] * 4 + [False] * 16  # members fail outright
 
 
 def test_diverse_honest_updates_are_not_a_community(honest_rounds: Rounds) -> None:
@@ -372,6 +374,7 @@ def test_tcdm_product_and_mean(honest_rounds: Rounds) -> None:
         "has_history",
         "group_size",
         "max_cosine",
+        FAILED,
     ):
         assert key in rp.raw
     torch.testing.assert_close(

@@ -15,6 +15,9 @@ import torch
 
 from matl.aggregation.base import RoundContext
 
+#: Key of :attr:`SignalResult.raw`'s optional ``(n,)`` bool mask of clients failing outright.
+FAILED = "failed"
+
 
 @dataclass(frozen=True)
 class SignalResult:
@@ -26,7 +29,9 @@ class SignalResult:
         ``(n,)`` float64 in ``[0, 1]``; higher is more trustworthy.
     raw:
         Named ``(n,)`` tensors of the raw quantities behind the scores (e.g. ``cosine``,
-        ``norm_ratio``), for audit.
+        ``norm_ratio``), for audit. The optional bool entry :data:`FAILED` marks clients that
+        fail the signal outright whatever their score (the community test's group members):
+        the threshold's attack-signature guard counts them as a score of 0.
     """
 
     scores: torch.Tensor

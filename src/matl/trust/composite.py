@@ -58,8 +58,10 @@ attacker). The guard is a set of conditions, each of which alone stops a flag:
 
 4. *No attack signature, no cut* (``signature``, off in the class, 0.1 in
    :class:`~matl.trust.rule.MATLRule`): the adaptive cut is used only in a round where some
-   client fails some signal outright — its score on a weighted signal is at most ``signature``
-   (the caller passes the round's lowest such score to :meth:`AdaptiveThreshold.decide`). An
+   client fails some signal outright — its score on a weighted signal is at most ``signature``,
+   or the signal marks it as failing (``raw[FAILED]``: members of a tight group, whose community
+   score is 0.2 for three members) — the caller passes the round's lowest score,
+   :func:`lowest_signal_score`, to :meth:`AdaptiveThreshold.decide`. An
    attack leaves that mark: a detected sign flipper or boosted update scores 0 on PoGQ, a noisy
    client 0 on TCDM's innovation test, a sybil group 0.02–0.2 on community diversity. The honest
    clients the cut used to flag in attack-free rounds are mild outliers on one signal: on the
@@ -90,7 +92,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from matl.errors import ConfigError
-from matl.trust.base import SignalResult
+from matl.trust.base import FAILED, SignalResult
 from matl.trust.verdicts import ReasonColumn, VerdictTable
 
 __all__ = [
@@ -163,7 +165,7 @@ def combine(
                 f"have: {', '.join(sorted(signals)) or '(none)'}"
             )
         value = signals[name]
-        scores = (value.scores if isinstance(value, SignalResult) else value).to(torch.float64)
+        scores = _scores(value).to(torch.float64)
         if out is not None and scores.shape != out.shape:
             raise ConfigError(
                 f"composite: signal {name!r} scored {tuple(scores.shape)} clients, "
@@ -287,14 +289,21 @@ class AdaptiveThreshold:
 def lowest_signal_score(
     signals: Mapping[str, SignalResult | torch.Tensor], weights: Mapping[str, float]
 ) -> float:
-    """The round's lowest score on any signal with a positive weight (``inf`` if none): what
-    guard 4 of :class:`AdaptiveThreshold` compares with its ``signature``."""
-    lows = [
-        float((v.scores if isinstance(v, SignalResult) else v).min())
-        for name, v in signals.items()
-        if weights.get(name, 0) > 0 and (v.scores if isinstance(v, SignalResult) else v).numel()
-    ]
-    return min(lows, default=math.inf)
+    """The round's lowest score on any signal with a positive weight (``inf`` if none), a client
+    that a signal marks as failing outright (``raw[FAILED]``) counting as 0: what guard 4 of
+    :class:`AdaptiveThreshold` compares with its ``signature``."""
+    lows = [math.inf]
+    for name, value in signals.items():
+        scores = _scores(value)
+        if weights.get(name, 0) <= 0 or not scores.numel():
+            continue
+        failed = value.raw.get(FAILED) if isinstance(value, SignalResult) else None
+        lows.append(0.0 if failed is not None and bool(failed.any()) else float(scores.min()))
+    return min(lows)
+
+
+def _scores(value: SignalResult | torch.Tensor) -> torch.Tensor:
+    return value.scores if isinstance(value, SignalResult) else value
 
 
 def _cluster_cut(s: torch.Tensor, k: float, min_gap: float) -> tuple[bool, float, float, float]:
@@ -356,7 +365,7 @@ def signal_reasons(
         if w == 0 or name not in signals:
             continue
         value = signals[name]
-        scores = (value.scores if isinstance(value, SignalResult) else value).to(torch.float64)
+        scores = _scores(value).to(torch.float64)
         out[name] = (scores, threshold.decide(scores).threshold)
     return out
 

@@ -159,8 +159,9 @@ class MATLRule(AggregationRule):
     attack_signature:
         The threshold's ``signature`` (default 0.1; ``None`` turns the guard off): the adaptive
         cut applies only in a round where some client scores at most this on some weighted signal
-        (with a committee, on the shared signals or any validator's PoGQ) or TCDM's community
-        test finds a tight group (three or more near-identical updates). On the calibration
+        (with a committee, on the shared signals or any validator's PoGQ), a client a signal
+        marks as failing outright counting as 0 (TCDM's community test marks the members of a
+        tight group: three or more near-identical updates). On the calibration
         seeds (10–14) it took Mode 1's attack-free false-positive rate from 0.004 / 0.003 / 0.001 /
         0.006 / 0.035 to 0 / 0 / 0.001 / 0.003 / 0.015 and left every attacked run tested
         unchanged but label flip at 45 % (detection 0.976 → 0.964); ``docs/trust.md`` ("An attack
@@ -361,7 +362,7 @@ class MATLRule(AggregationRule):
         if eng.committee is not None:
             reports, primaries = self._validator_reports(updates, rctx, results, weights)
             sent = eng.committee.corrupt(reports, rctx.round)
-            lowest = self._round_signature(results, weights)
+            lowest = lowest_signal_score(results, weights)
             if primaries is not None:
                 lowest = min(lowest, float(primaries.min()))
             committee_decision = eng.committee.vote(sent, lambda s: rule.decide(s, lowest).flagged)
@@ -373,7 +374,7 @@ class MATLRule(AggregationRule):
                 evidence_signals["pogq"] = primaries.median(dim=0).values
         else:
             composite = combine(results, weights)
-            decision = rule.decide(composite, self._round_signature(results, weights))
+            decision = rule.decide(composite, lowest_signal_score(results, weights))
             trusted = ~decision.flagged
             evidence_signals = dict(results)
 
@@ -422,20 +423,6 @@ class MATLRule(AggregationRule):
             scores=composite.to(updates.dtype),
             details=details,
         )
-
-    def _round_signature(
-        self, results: dict[str, SignalResult], weights: dict[str, float]
-    ) -> float:
-        """The round's lowest weighted signal score, or 0 when TCDM's community test found a tight
-        group (membership is failing that test outright, whatever the group's size makes the
-        score: 0.2 for three members, 0.13 for four)."""
-        lowest = lowest_signal_score(results, weights)
-        tcdm = results.get("tcdm")
-        if tcdm is not None and weights.get("tcdm", 0) > 0 and "group_size" in tcdm.raw:
-            min_group = self._engine.signals["tcdm"].community.min_group
-            if bool((tcdm.raw["group_size"] >= min_group).any()):
-                lowest = 0.0
-        return lowest
 
     def _signal_results(
         self, updates: torch.Tensor, ctx: RoundContext, ids: list[int]

@@ -39,7 +39,7 @@ from matl.trust._util import (
     unique_keys,
     unit_rows,
 )
-from matl.trust.base import SignalResult
+from matl.trust.base import FAILED, SignalResult
 from matl.trust.innovation import InnovationSignal
 from matl.trust.sketch import community_sizes, pairwise_cosines, round_sketch, sketch_cosines
 
@@ -357,7 +357,9 @@ class CommunitySignal:
         member = size >= self.min_group
         penalty = self.member_score * (self.min_group - 1) / (size - 1).clamp_min(1.0)
         scores = torch.where(member, penalty, 1.0).to(torch.float64)
-        return SignalResult(scores=scores, raw={"group_size": size, "max_cosine": max_cos})
+        return SignalResult(
+            scores=scores, raw={"group_size": size, "max_cosine": max_cos, FAILED: member}
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Empty: the community signal looks at one round at a time."""
