@@ -13,6 +13,7 @@ from matl.trust.composite import (
     combine,
     lowest_signal_score,
     mode_weights,
+    signal_lows,
     signal_reasons,
     verdicts,
 )
@@ -136,6 +137,103 @@ def test_attack_signature_guard() -> None:
     assert AdaptiveThreshold().decide(scores, lowest=0.9).signed  # no signature configured
     floor = torch.tensor([0.95, 0.95, 0.95, 0.02], dtype=torch.float64)
     assert rule.decide(floor, lowest=0.5).flagged.tolist() == [False] * 3 + [True]
+
+
+def _noise_round() -> dict[str, SignalResult]:
+    """Eight honest clients, one honest outlier on PoGQ alone (composite 0.72) and three noisy
+    clients that fail TCDM outright (composite 0.7): the round's signature is on TCDM only."""
+    return {
+        "pogq": _res([1.0] * 8 + [0.3] + [1.0] * 3),
+        "tcdm": _res([1.0] * 9 + [0.0] * 3),
+        "entropy": _res([1.0] * 12),
+    }
+
+
+@pytest.mark.parametrize("scope", ["round", "signal"])
+def test_signal_scoped_signature_spares_clients_low_only_elsewhere(scope: str) -> None:
+    """Guard 4 by signal: the cut flags a client only if it is low (< safe_score) on a signal that
+    carries the round's attack signature. An honest outlier on PoGQ is spared in a round whose
+    attackers fail TCDM, and cut like them in a round where some attacker fails PoGQ too."""
+    rule = AdaptiveThreshold(signature=0.1, signature_scope=scope)  # type: ignore[arg-type]
+    sig = _noise_round()
+    composite = combine(sig, DEFAULT_WEIGHTS)
+    decision = rule.decide(composite, signal_lows(sig, DEFAULT_WEIGHTS))
+    assert decision.signed and decision.threshold == 0.75  # the split is the same either way
+    outlier_flagged = scope == "round"
+    assert decision.flagged.tolist() == [False] * 8 + [outlier_flagged] + [True] * 3
+    assert decision.excused is not None
+    assert decision.excused.tolist() == [False] * 8 + [not outlier_flagged] + [False] * 3
+    assert decision.as_dict()["n_excused"] == int(not outlier_flagged)
+    # one attacker also fails PoGQ outright: PoGQ carries the signature, the outlier is cut
+    sig["pogq"] = _res([1.0] * 8 + [0.3, 0.05, 1.0, 1.0])
+    both = rule.decide(combine(sig, DEFAULT_WEIGHTS), signal_lows(sig, DEFAULT_WEIGHTS))
+    assert both.flagged.tolist() == [False] * 8 + [True] * 4
+    # a float lowest (no per-signal evidence) keeps the round scope
+    assert rule.decide(composite, 0.0).flagged.tolist() == [False] * 8 + [True] * 4
+
+
+def test_the_cut_spares_clients_that_never_carried_a_signature() -> None:
+    """``marked``: in a round whose signature is on PoGQ, the honest outlier at PoGQ 0.3 is cut
+    only if it has carried a signature itself (this round or earlier); the flipper at 0 has."""
+    sig = _noise_round()
+    sig["pogq"] = _res([1.0] * 8 + [0.3, 0.0, 1.0, 1.0])
+    composite = combine(sig, DEFAULT_WEIGHTS)
+    lows = signal_lows(sig, DEFAULT_WEIGHTS)
+    rule = AdaptiveThreshold(signature=0.1, signature_scope="signal")
+    own = torch.stack(list(lows.values())).min(dim=0).values <= 0.1
+    spared = rule.decide(composite, lows, own)
+    assert spared.flagged.tolist() == [False] * 8 + [False, True, True, True]
+    assert (
+        spared.excused is not None and spared.excused.tolist() == [False] * 8 + [True] + [False] * 3
+    )
+    marked = own.clone()
+    marked[8] = True  # it failed a signal outright in an earlier round
+    assert rule.decide(composite, lows, marked).flagged.tolist() == [False] * 8 + [True] * 4
+    # the round scope ignores marks
+    by_round = AdaptiveThreshold(signature=0.1, signature_scope="round")
+    assert by_round.decide(composite, lows, own).flagged.tolist() == [False] * 8 + [True] * 4
+
+
+def test_signal_scope_keeps_the_hard_floor_and_checks_its_value() -> None:
+    sig = _noise_round()
+    sig["pogq"] = _res([1.0] * 8 + [0.0] + [1.0] * 3)
+    sig["entropy"] = _res([1.0] * 8 + [0.0] + [1.0] * 3)  # composite 0.3 below the hard floor
+    rule = AdaptiveThreshold(signature=0.1, signature_scope="signal", hard_floor=0.35)
+    lows = signal_lows(sig, {"tcdm": 1.0})  # only TCDM weighted for the signature
+    decision = rule.decide(combine(sig, DEFAULT_WEIGHTS), lows)
+    assert decision.flagged.tolist() == [False] * 8 + [True] * 4
+    with pytest.raises(ConfigError, match="signature_scope"):
+        AdaptiveThreshold(signature_scope="client")  # type: ignore[arg-type]
+
+
+def test_nested_splits_peel_off_a_second_low_cluster() -> None:
+    """``levels``: after an accepted split the cut is sought again above it. Switching sleepers
+    that also fail PoGQ (0.3) and those that fail only TCDM (0.7) form two low clusters; one
+    split cuts only the lowest, two cut both, and the honest cluster is never split."""
+    g = torch.Generator().manual_seed(0)
+    noise = (torch.rand(20, generator=g, dtype=torch.float64) - 0.5) * 0.02
+    scores = torch.tensor([0.3] * 3 + [0.7] * 4 + [0.99] * 13, dtype=torch.float64) + noise
+    one = AdaptiveThreshold().decide(scores)
+    assert one.flagged.tolist() == [True] * 3 + [False] * 17
+    two = AdaptiveThreshold(levels=2).decide(scores)
+    assert two.flagged.tolist() == [True] * 7 + [False] * 13
+    assert AdaptiveThreshold(levels=5).decide(scores).flagged.tolist() == two.flagged.tolist()
+    assert two.threshold <= 0.75 and two.gap > 0.2
+    with pytest.raises(ConfigError, match="levels"):
+        AdaptiveThreshold(levels=0)
+
+
+def test_signal_lows_mark_failed_clients_and_skip_unweighted_signals() -> None:
+    marked = SignalResult(
+        scores=torch.tensor([0.9, 0.8], dtype=torch.float64),
+        raw={FAILED: torch.tensor([False, True])},
+    )
+    lows = signal_lows(
+        {"pogq": _res([0.4, 1.0]), "tcdm": marked, "entropy": _res([0.0, 0.0])},
+        {"pogq": 1.0, "tcdm": 1.0, "entropy": 0.0},
+    )
+    assert sorted(lows) == ["pogq", "tcdm"]
+    assert lows["tcdm"].tolist() == [0.9, 0.0] and lows["pogq"].tolist() == [0.4, 1.0]
 
 
 def test_lowest_signal_score_reads_only_weighted_signals() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -122,6 +123,53 @@ def test_validation(kwargs: dict) -> None:
         ReputationBook(**kwargs)
 
 
+def test_a_longer_record_needs_a_longer_release() -> None:
+    """``release_per_violation``: a quarantined client is released after
+    ``max(release_after, ceil(ratio * lifetime violations))`` consecutive clean rounds."""
+    book = ReputationBook(max_violations=2, window=None, release_after=2, release_per_violation=0.5)
+    for _ in range(7):
+        _round(book, [0.0], [True], ids=[5])
+    assert book.get(5).quarantined and book.get(5).violations == 7
+    held = []
+    for _ in range(5):
+        _round(book, [1.0], [False], ids=[5])
+        held.append(book.get(5).quarantined)
+    assert held == [True, True, True, False, False]  # ceil(3.5) = 4 clean rounds
+    short = ReputationBook(max_violations=2, window=None, release_after=2)
+    for bad in [True] * 7 + [False] * 2:
+        _round(short, [float(not bad)], [bad], ids=[5])
+    assert not short.get(5).quarantined  # the ratio is off by default
+    with pytest.raises(ConfigError, match="release_per_violation"):
+        ReputationBook(release_per_violation=-1.0)
+
+
+def test_marks_count_the_rounds_a_client_carried_a_signature() -> None:
+    book = ReputationBook()
+    book.update(
+        [1, 2], torch.ones(2), torch.zeros(2, dtype=torch.bool), marked=torch.tensor([True, False])
+    )
+    book.update(
+        [1, 3], torch.ones(2), torch.zeros(2, dtype=torch.bool), marked=torch.tensor([True, True])
+    )
+    book.update([2], torch.ones(1), torch.zeros(1, dtype=torch.bool))  # no marks given: unchanged
+    assert book.marks([1, 2, 3, 99]).tolist() == [2, 0, 1, 0]
+    restored = ReputationBook()
+    restored.load_state_dict(book.state_dict())
+    assert restored.marks([1, 3]).tolist() == [2, 1]
+    old = book.state_dict()
+    for st in old["clients"].values():
+        del st["marks"]  # a state saved before marks existed
+    restored.load_state_dict(old)
+    assert restored.marks([1]).tolist() == [0]
+    with pytest.raises(ValueError, match="marks"):
+        book.update(
+            [1],
+            torch.ones(1),
+            torch.zeros(1, dtype=torch.bool),
+            marked=torch.ones(2, dtype=torch.bool),
+        )
+
+
 def test_update_checks_shapes_and_ids() -> None:
     book = ReputationBook()
     with pytest.raises(ValueError, match="repeated"):
@@ -130,13 +178,16 @@ def test_update_checks_shapes_and_ids() -> None:
         book.update([1, 2], torch.zeros(3), torch.zeros(2, dtype=torch.bool))
 
 
-def _loop_update(book: dict, ids: list[int], scores: list[float], bad: list[bool], **cfg) -> None:
+def _loop_update(
+    book: dict, ids: list[int], scores: list[float], bad: list[bool], marked: list[bool], **cfg
+) -> None:
     """The dynamics of the module docstring, one client at a time (the reference)."""
     memory = cfg["window"] or cfg["max_violations"]
-    for cid, score, b in zip(ids, scores, bad, strict=True):
+    for cid, score, b, m in zip(ids, scores, bad, marked, strict=True):
         st = book.setdefault(cid, {"reputation": cfg["r0"], "recent": [], "quarantined": False,
                                    "clean_streak": 0, "rounds": 0, "violations": 0,
-                                   "quarantines": 0})  # fmt: skip
+                                   "quarantines": 0, "marks": 0})  # fmt: skip
+        st["marks"] += int(m)
         was = st["quarantined"]
         st["rounds"] += 1
         if b:
@@ -149,7 +200,10 @@ def _loop_update(book: dict, ids: list[int], scores: list[float], bad: list[bool
         st["reputation"] = min(max(st["reputation"], 0.0), 1.0)
         st["recent"] = (st["recent"] + [b])[-memory:]
         if was:
-            if st["clean_streak"] >= cfg["release_after"]:
+            needed = max(
+                cfg["release_after"], math.ceil(cfg["release_per_violation"] * st["violations"])
+            )
+            if st["clean_streak"] >= needed:
                 st["quarantined"] = False
                 st["recent"] = []
         elif sum(st["recent"]) >= cfg["max_violations"]:
@@ -162,7 +216,7 @@ def test_vectorised_update_equals_the_per_client_loop(window: int | None) -> Non
     """Random rounds over a changing subset of 40 clients: the column-stored book ends in exactly
     the state (bit for bit) of the per-client loop, and so does a book restored mid-way."""
     cfg = {"r0": 0.4, "gain": 0.25, "penalty": 0.6, "max_violations": 2, "window": window,
-           "release_after": 2}  # fmt: skip
+           "release_after": 2, "release_per_violation": 0.3}  # fmt: skip
     book = ReputationBook(**cfg)
     ref: dict = {}
     g = torch.Generator().manual_seed(0)
@@ -171,8 +225,12 @@ def test_vectorised_update_equals_the_per_client_loop(window: int | None) -> Non
         ids_list = [int(i) * 3 + 1 for i in ids]  # ids that are not row numbers
         scores = torch.rand(len(ids_list), generator=g, dtype=torch.float64) * 1.2 - 0.1
         bad = torch.rand(len(ids_list), generator=g) < 0.35
-        update = book.update(ids_list, scores, bad)
-        _loop_update(ref, ids_list, scores.clamp(0.0, 1.0).tolist(), bad.tolist(), **cfg)
+        marked = torch.rand(len(ids_list), generator=g) < 0.2
+        update = book.update(ids_list, scores, bad, marked=marked)
+        _loop_update(
+            ref, ids_list, scores.clamp(0.0, 1.0).tolist(), bad.tolist(), marked.tolist(), **cfg
+        )
+        assert book.marks(ids_list).tolist() == [ref[c]["marks"] for c in ids_list]
         assert update.reputation.tolist() == [ref[c]["reputation"] for c in ids_list]
         assert update.quarantined.tolist() == [ref[c]["quarantined"] for c in ids_list]
         assert update.recent_violations.tolist() == [sum(ref[c]["recent"]) for c in ids_list]

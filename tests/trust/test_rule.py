@@ -39,6 +39,12 @@ def test_registered_and_valid_in_a_simulation_config() -> None:
     assert isinstance(rule, MATLRule) and rule.mode == 0 and rule.validators == 3
     with pytest.raises(ConfigError, match="unknown parameter"):
         SimulationConfig.from_dict({"defense": "matl", "defense_params": {"bogus": 1}})
+    assert rule.attack_signature_scope == "signal"
+    assert rule.threshold_rule().signature_scope == "signal"
+    with pytest.raises(ConfigError, match="signature_scope must be 'round' or 'signal'"):
+        SimulationConfig.from_dict(
+            {"defense": "matl", "defense_params": {"attack_signature_scope": "client"}}
+        )
 
 
 @pytest.mark.parametrize("mode", [2, 3])
@@ -131,11 +137,28 @@ def test_mode1_holds_beyond_half_byzantine(honest_rounds: Rounds) -> None:
         assert res.flagged.tolist() == [True] * 12 + [False] * 8, ctx.round
 
 
+def test_attackers_carry_marks_that_honest_clients_do_not(honest_rounds: Rounds) -> None:
+    """The reputation book counts the rounds in which a client carried an attack signature
+    itself (``attack_signature_memory``): every boosted sign flipper each round, no honest
+    client."""
+    rule = MATLRule(mode=1)
+    for u, ctx in honest_rounds(3):
+        rule(_sign_flip(u), ctx)
+    clients = rule.state_dict()["reputation"]["clients"]
+    assert [clients[c]["marks"] for c in range(20)] == [3] * N_BYZ + [0] * (20 - N_BYZ)
+    off = MATLRule(mode=1, attack_signature=None)  # no signature, nothing to count
+    for u, ctx in honest_rounds(2):
+        off(_sign_flip(u), ctx)
+    assert all(st["marks"] == 0 for st in off.state_dict()["reputation"]["clients"].values())
+
+
 def test_quarantine_and_release(honest_rounds: Rounds) -> None:
     """Client 0 attacks three rounds, then behaves. The third violation quarantines it (weight 0,
     flagged); it is released in the round that completes ``release_after`` consecutive clean
     rounds. (Its first honest rounds are not clean: the temporal signal flags the switch.)"""
-    rule = MATLRule(mode=1, max_violations=3, violation_window=3, release_after=3)
+    rule = MATLRule(
+        mode=1, max_violations=3, violation_window=3, release_after=3, release_per_violation=0.0
+    )
     quarantined, clean, weighted = [], [], []
     for rnd, (u, ctx) in enumerate(honest_rounds(12)):
         res = rule(_sign_flip(u, f=1) if rnd < 3 else u, ctx)

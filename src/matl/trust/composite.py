@@ -69,6 +69,14 @@ attacker). The guard is a set of conditions, each of which alone stops a flag:
    of 0.68–0.745 that the cut alone cannot tell from a sign flipper's (``docs/trust.md``,
    "An attack signature").
 
+   ``signature_scope="signal"`` narrows the guard to the clients it concerns: pass the
+   per-signal scores (:func:`signal_lows`) and a client below the cut is flagged only if it
+   scores below ``safe_score`` on a signal that carries the signature (some client at most
+   ``signature`` on it). An honest client that is weak on PoGQ alone (composite 0.72) sits in
+   the low cluster of a round whose noisy attackers fail TCDM (0.7) and was cut with them; it is
+   now spared (:attr:`ThresholdDecision.excused`), while in a round where some attacker fails
+   PoGQ it is judged as before — there its score is a sign flipper's.
+
 When the split is rejected the adaptive cut is dropped (:math:`t_{\text{adaptive}} = 0`). These
 are properties of the threshold; the signals must keep honest scores apart from attackers' — see
 :class:`~matl.trust.rule.MATLRule` for the measured calibration.
@@ -103,6 +111,7 @@ __all__ = [
     "combine",
     "lowest_signal_score",
     "mode_weights",
+    "signal_lows",
     "signal_reasons",
     "verdicts",
 ]
@@ -197,6 +206,10 @@ class ThresholdDecision:
     signed:
         Whether the round showed an attack signature (always ``True`` when the threshold has no
         ``signature`` or the caller gave no lowest signal score).
+    excused:
+        ``(n,)`` bool: the clients below the cut that the signal-scoped guard spares (not low on
+        any signal that carries the round's attack signature); all ``False`` with the round
+        scope.
     """
 
     threshold: float
@@ -206,6 +219,7 @@ class ThresholdDecision:
     spread: float
     adaptive: float
     signed: bool = True
+    excused: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The scalar fields (no per-client tensor), for logs and audit details."""
@@ -217,6 +231,7 @@ class ThresholdDecision:
             "adaptive": self.adaptive,
             "signed": self.signed,
             "n_flagged": int(self.flagged.sum()),
+            "n_excused": 0 if self.excused is None else int(self.excused.sum()),
         }
 
 
@@ -240,6 +255,16 @@ class AdaptiveThreshold:
         Scores ``< hard_floor`` are always flagged, in ``[0, safe_score]`` (0 = off).
     signature:
         The attack signature of guard 4, in ``[0, 1]``, or ``None`` (off, default).
+    signature_scope:
+        ``"round"`` (default) or ``"signal"``: see guard 4 in the module docstring.
+    levels:
+        ``cluster`` only: how many nested splits (default 1). After an accepted split with cut
+        :math:`t_1 <` ``safe_score`` the split is sought again among the scores :math:`\\ge t_1`,
+        and so on; each accepted one raises the cut. Two low clusters — e.g. switching sleepers
+        that fail PoGQ too (composite ≈ 0.3) and those failing only TCDM (≈ 0.7) — are then both
+        cut, where one split cuts only the lowest. Measured (``docs/trust.md``, "Nested
+        splits"): Mode 1 sleeper detection +0.02–0.05, false-positive rates up to +0.008; Mode 0
+        only more false positives. Not the engine's default.
     """
 
     METHODS: ClassVar[tuple[str, ...]] = ("cluster", "mad")
@@ -250,6 +275,8 @@ class AdaptiveThreshold:
     safe_score: float = 0.75
     hard_floor: float = 0.0
     signature: float | None = None
+    signature_scope: Literal["round", "signal"] = "round"
+    levels: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in self.METHODS:
@@ -262,44 +289,96 @@ class AdaptiveThreshold:
         _check_number("hard_floor", self.hard_floor, 0.0, self.safe_score)
         if self.signature is not None:
             _check_number("signature", self.signature, 0.0, 1.0)
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
+            raise ConfigError(f"threshold levels must be an integer >= 1, got {self.levels!r}")
+        if self.signature_scope not in ("round", "signal"):
+            raise ConfigError(
+                f"threshold signature_scope must be 'round' or 'signal', got {self.signature_scope!r}"
+            )
 
-    def decide(self, scores: torch.Tensor, lowest: float | None = None) -> ThresholdDecision:
-        """The round's cut and flags for the ``(n,)`` ``scores``; ``lowest`` is the round's lowest
-        score on any weighted signal (for guard 4; ``None``: not checked)."""
+    def decide(
+        self,
+        scores: torch.Tensor,
+        lowest: float | Mapping[str, torch.Tensor] | None = None,
+        marked: torch.Tensor | None = None,
+    ) -> ThresholdDecision:
+        """The round's cut and flags for the ``(n,)`` ``scores``. ``lowest`` (for guard 4;
+        ``None``: not checked) is the round's lowest score on any weighted signal, or per signal
+        each client's score (:func:`signal_lows`; needed for ``signature_scope="signal"``).
+        ``marked`` (``(n,)`` bool, signal scope only): the clients that have carried an attack
+        signature themselves, this round or before; the cut spares the others."""
         s = scores.detach().to(torch.float64).flatten()
         if self.method == "cluster":
             separated, gap, spread, adaptive = _cluster_cut(s, self.k, self.min_gap)
+            for _ in range(self.levels - 1):
+                if not separated or adaptive >= self.safe_score:
+                    break
+                above = s[s >= adaptive]
+                ok, g2, sp2, cut2 = _cluster_cut(above, self.k, self.min_gap)
+                if not ok:
+                    break
+                gap, spread, adaptive = g2, sp2, cut2
         else:
             separated, gap, spread, adaptive = _mad_cut(s, self.k, self.min_gap)
-        signed = self.signature is None or lowest is None or lowest <= self.signature
+        exposed: torch.Tensor | None = None
+        if self.signature is None or lowest is None:
+            signed = True
+        elif isinstance(lowest, Mapping):
+            carriers = [
+                v for v in lowest.values() if v.numel() and float(v.min()) <= self.signature
+            ]
+            signed = bool(carriers)
+            if carriers and self.signature_scope == "signal":
+                exposed = torch.stack(carriers).min(dim=0).values < self.safe_score
+                if marked is not None:
+                    exposed &= marked.to(torch.bool).flatten()
+        else:
+            signed = lowest <= self.signature
         if not (separated and signed):
             adaptive = 0.0
         t = min(max(adaptive, self.hard_floor), self.safe_score)
+        below = s < t
+        flagged = below
+        if exposed is not None:
+            flagged = below & (exposed | (s < min(self.hard_floor, self.safe_score)))
         return ThresholdDecision(
             threshold=t,
-            flagged=s < t,
+            flagged=flagged,
             separated=separated,
             gap=gap,
             spread=spread,
             adaptive=adaptive,
             signed=signed,
+            excused=below & ~flagged,
         )
+
+
+def signal_lows(
+    signals: Mapping[str, SignalResult | torch.Tensor], weights: Mapping[str, float]
+) -> dict[str, torch.Tensor]:
+    """Each weighted signal's per-client scores (float64), a client the signal marks as failing
+    outright (``raw[FAILED]``) counting as 0: what guard 4 of :class:`AdaptiveThreshold` compares
+    with its ``signature``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in signals.items():
+        scores = _scores(value)
+        if weights.get(name, 0) <= 0 or not scores.numel():
+            continue
+        mine = scores.detach().to(torch.float64).flatten()
+        failed = value.raw.get(FAILED) if isinstance(value, SignalResult) else None
+        if failed is not None:
+            mine = torch.where(failed.flatten().to(torch.bool), 0.0, mine)
+        out[name] = mine
+    return out
 
 
 def lowest_signal_score(
     signals: Mapping[str, SignalResult | torch.Tensor], weights: Mapping[str, float]
 ) -> float:
     """The round's lowest score on any signal with a positive weight (``inf`` if none), a client
-    that a signal marks as failing outright (``raw[FAILED]``) counting as 0: what guard 4 of
-    :class:`AdaptiveThreshold` compares with its ``signature``."""
-    lows = [math.inf]
-    for name, value in signals.items():
-        scores = _scores(value)
-        if weights.get(name, 0) <= 0 or not scores.numel():
-            continue
-        failed = value.raw.get(FAILED) if isinstance(value, SignalResult) else None
-        lows.append(0.0 if failed is not None and bool(failed.any()) else float(scores.min()))
-    return min(lows)
+    that a signal marks as failing outright (``raw[FAILED]``) counting as 0."""
+    lows = signal_lows(signals, weights)
+    return min((float(v.min()) for v in lows.values()), default=math.inf)
 
 
 def _scores(value: SignalResult | torch.Tensor) -> torch.Tensor:

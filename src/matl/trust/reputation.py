@@ -21,6 +21,14 @@ with at least ``max_violations`` violations among them is *quarantined* (``windo
 max_violations`` means consecutive violations). A quarantined client gets aggregation weight 0 but
 is still scored every round; after ``release_after`` consecutive clean rounds it is *released*:
 its violation memory is cleared and it competes again with the (low) reputation it has rebuilt.
+With ``release_per_violation`` :math:`\rho > 0` the release takes
+:math:`\max(\texttt{release\_after}, \lceil \rho\, V_i \rceil)` clean rounds, :math:`V_i` the
+client's violations so far: a long record needs a long good behaviour (off by default; the trust
+engine uses 0.5).
+
+**Marks.** The book also counts, per client, the rounds in which it carried an attack signature
+itself (:meth:`ReputationBook.marks`, passed to :meth:`ReputationBook.update` by the trust engine:
+some weighted signal at most ``attack_signature``); the threshold cuts only marked clients.
 Statuses are evaluated after this round's update, so the round that completes a quarantine already
 has weight 0 and the round that completes a release already counts.
 
@@ -63,6 +71,7 @@ class ClientReputation:
     rounds: int = 0
     violations: int = 0
     quarantines: int = 0
+    marks: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +82,7 @@ class ClientReputation:
             "rounds": self.rounds,
             "violations": self.violations,
             "quarantines": self.quarantines,
+            "marks": self.marks,
         }
 
 
@@ -118,6 +128,9 @@ class ReputationBook:
         consecutive violations).
     release_after:
         Consecutive clean rounds that release a quarantined client (``>= 1``).
+    release_per_violation:
+        :math:`\\rho \\ge 0`: the release takes at least :math:`\\lceil \\rho V_i \\rceil`
+        clean rounds, :math:`V_i` the client's violations so far (0 = off).
     """
 
     r0: float = 0.5
@@ -126,6 +139,7 @@ class ReputationBook:
     max_violations: int = 3
     window: int | None = 5
     release_after: int = 3
+    release_per_violation: float = 0.0
     _book: _Columns = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +153,11 @@ class ReputationBook:
             )
         _count("max_violations", self.max_violations)
         _count("release_after", self.release_after)
+        rate = self.release_per_violation
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < math.inf:
+            raise ConfigError(
+                f"reputation release_per_violation must be a finite number >= 0, got {rate!r}"
+            )
         if self.window is not None:
             _count("window", self.window)
             if self.window < self.max_violations:
@@ -169,11 +188,26 @@ class ReputationBook:
         out[known] = book.reputation[rows[known]]
         return out
 
+    def marks(self, client_ids: Sequence[int]) -> torch.Tensor:
+        """``(n,)`` int64: the rounds in which each client carried an attack signature itself
+        (0 for unknown clients; see :meth:`update`)."""
+        book = self._book
+        rows = torch.tensor([book.index.get(int(c), -1) for c in client_ids], dtype=torch.int64)
+        out = torch.zeros(len(rows), dtype=torch.int64)
+        known = rows >= 0
+        out[known] = book.marks[rows[known]]
+        return out
+
     def update(
-        self, client_ids: Sequence[int], scores: torch.Tensor, violations: torch.Tensor
+        self,
+        client_ids: Sequence[int],
+        scores: torch.Tensor,
+        violations: torch.Tensor,
+        marked: torch.Tensor | None = None,
     ) -> ReputationUpdate:
         """Apply one round: ``scores`` are the ``(n,)`` composite scores, ``violations`` the
-        ``(n,)`` bool flags (see the module docstring)."""
+        ``(n,)`` bool flags (see the module docstring), ``marked`` the ``(n,)`` bool clients that
+        carried an attack signature themselves this round (counted in :meth:`marks`)."""
         n = len(client_ids)
         if scores.shape != (n,) or violations.shape != (n,):
             raise ValueError(
@@ -192,12 +226,20 @@ class ReputationBook:
         r = torch.where(bad, (1.0 - self.penalty) * r, (1.0 - self.gain) * r + self.gain * c)
         book.reputation[rows] = r.clamp(0.0, 1.0)
         book.violations[rows] += bad.to(torch.int64)
+        if marked is not None:
+            if marked.shape != (n,):
+                raise ValueError(f"reputation update needs ({n},) marks, got {tuple(marked.shape)}")
+            book.marks[rows] += marked.detach().to(torch.int64)
         streak = torch.where(bad, 0, book.clean_streak[rows] + 1)
         book.clean_streak[rows] = streak
         # The violation memory: shift left, the latest participation enters on the right.
         recent = torch.cat([book.recent[rows, 1:], bad.unsqueeze(1)], dim=1)
         length = (book.length[rows] + 1).clamp(max=self.memory)
-        released = was_quarantined & (streak >= self.release_after)
+        needed = torch.clamp(
+            torch.ceil(self.release_per_violation * book.violations[rows].to(torch.float64)),
+            min=float(self.release_after),
+        )
+        released = was_quarantined & (streak.to(torch.float64) >= needed)
         recent[released] = False
         length = torch.where(released, 0, length)
         count = recent.sum(dim=1)
@@ -243,6 +285,7 @@ class ReputationBook:
                 rounds=int(st["rounds"]),
                 violations=int(st["violations"]),
                 quarantines=int(st["quarantines"]),
+                marks=int(st.get("marks", 0)),
             )
             for cid, st in state.get("clients", {}).items()
         }
@@ -272,6 +315,7 @@ class _Columns:
     rounds: torch.Tensor  # (N,) int64
     violations: torch.Tensor  # (N,) int64
     quarantines: torch.Tensor  # (N,) int64
+    marks: torch.Tensor  # (N,) int64
 
     @property
     def size(self) -> int:
@@ -290,7 +334,7 @@ class _Columns:
                 recent[row, memory - len(rec.recent) :] = torch.tensor(rec.recent)
         ints = {
             name: torch.tensor([getattr(rec, name) for rec in clients.values()], dtype=torch.int64)
-            for name in ("clean_streak", "rounds", "violations", "quarantines")
+            for name in ("clean_streak", "rounds", "violations", "quarantines", "marks")
         }
         return cls(
             index={cid: row for row, cid in enumerate(clients)},
@@ -314,7 +358,7 @@ class _Columns:
             self.reputation = grow(self.reputation, size, r0)
             self.recent = grow(self.recent, size, False)
             self.quarantined = grow(self.quarantined, size, False)
-            for name in ("length", "clean_streak", "rounds", "violations", "quarantines"):
+            for name in ("length", "clean_streak", "rounds", "violations", "quarantines", "marks"):
                 setattr(self, name, grow(getattr(self, name), size, 0))
         return rows
 
@@ -332,6 +376,7 @@ class _Columns:
             rounds=int(self.rounds[row]),
             violations=int(self.violations[row]),
             quarantines=int(self.quarantines[row]),
+            marks=int(self.marks[row]),
         )
 
 
