@@ -120,12 +120,39 @@ def test_sign_flippers_are_flagged_with_reasons(honest_rounds: Rounds, mode: int
         bad = res.details["verdicts"][0]
         assert bad["client_id"] == 0 and not bad["trusted"]
         reasons = {r["signal"]: r for r in bad["reasons"]}
-        assert set(reasons) == {primary, "tcdm", "entropy", "composite", "cartel", "quarantine"}
+        oracle = {"oracle"} if mode == 1 else set()  # PoGQ's own verdict
+        assert (
+            set(reasons)
+            == {primary, "tcdm", "entropy", "composite", "cartel", "quarantine"} | oracle
+        )
         assert not reasons[primary]["passed"] and reasons[primary]["value"] == 0.0
+        if mode == 1:
+            assert not reasons["oracle"]["passed"] and reasons["oracle"]["value"] == 0.0
         assert not reasons["composite"]["passed"]
         assert reasons["composite"]["value"] < reasons["composite"]["threshold"]
     # the fourth round of violations quarantined them
     assert sorted(res.details["quarantined"]) == list(range(N_BYZ))
+
+
+@pytest.mark.parametrize("oracle", [True, False])
+def test_pogq_own_verdict_cuts_what_the_composite_cannot(
+    honest_rounds: Rounds, oracle: bool
+) -> None:
+    """With PoGQ's weight at 0.2 (entropy 0.8) a flipper failing PoGQ alone still has a composite
+    of 0.8, above ``safe_score``: the composite never cuts it, PoGQ's own verdict
+    (``oracle_verdict``) does."""
+    weights = {"pogq": 0.2, "entropy": 0.8}
+    rule = MATLRule(mode=1, weights=weights, oracle_verdict=oracle)
+    for u, ctx in honest_rounds(3):
+        res = rule(_sign_flip(u, scale=1.0), ctx)
+        assert res.details is not None
+        assert bool((res.scores[:N_BYZ] >= 0.75).all())  # the composite alone cuts nobody
+        expected = [oracle] * N_BYZ + [False] * (20 - N_BYZ)
+        assert res.flagged.tolist() == expected, ctx.round
+        reasons = {r["signal"]: r for r in res.details["verdicts"][0]["reasons"]}
+        assert ("oracle" in reasons) == oracle
+        if oracle:
+            assert not reasons["oracle"]["passed"] and reasons["composite"]["passed"]
 
 
 def test_mode1_holds_beyond_half_byzantine(honest_rounds: Rounds) -> None:

@@ -13,7 +13,9 @@ One round, for updates :math:`u_1, \dots, u_n` (deltas from the global model):
    (:class:`~matl.trust.composite.AdaptiveThreshold`) flags :math:`c_i < t`; its adaptive cut
    applies only in a round with an attack signature (some client at most ``attack_signature``
    on some weighted signal), and cuts only clients that are low on a signal carrying that
-   signature (``attack_signature_scope="signal"``). With a committee
+   signature (``attack_signature_scope="signal"``) and carry it themselves, now or in earlier
+   rounds (``attack_signature_memory``). In Mode 1 PoGQ's own verdict (the same threshold on
+   PoGQ's scores) applies beside it (``oracle_verdict``). With a committee
    (``validators > 1`` or ``lying_validators > 0``), each validator computes the composite with
    its own PoGQ on its shard of ``ctx.validation`` (rows ``v::V``; Mode 0 validators share the
    peer score), the liars corrupt theirs, every report is thresholded, and a client is trusted
@@ -193,6 +195,17 @@ class MATLRule(AggregationRule):
     r0, reputation_gain, reputation_penalty, max_violations, violation_window, release_after:
         The :class:`~matl.trust.reputation.ReputationBook` (``r0``, ``gain``, ``penalty``,
         ``max_violations``, ``window``, ``release_after``).
+    oracle_verdict:
+        Mode 1 (default ``True``): PoGQ's own verdict is applied beside the composite's — the
+        same threshold (split, guards, signal scope, marks) on PoGQ's scores alone, with PoGQ
+        alone carrying the signature — and a client either flags is not trusted (reason
+        ``oracle``). The composite's cut is capped at ``safe_score`` in composite units, so a
+        client at PoGQ 0.4 with TCDM and entropy at 1 (composite 0.76) could never be cut by it,
+        although PoGQ alone tells it from the honest clients; on the benchmark PoGQ alone
+        detected sign flip at 0.95–0.97 where the composite reached 0.91–0.94. Calibration
+        (seeds 10/11): sign flip 45 % 0.958 / 0.935 → 0.985 / 0.958, sleeper 20 % 0.844 / 0.844
+        → 0.924 / 0.904, false-positive rates up to +0.008; ``docs/trust.md`` ("PoGQ's own
+        verdict"). With a committee it reads the validators' median PoGQ.
     release_per_violation:
         The book's ``release_per_violation`` (default 0.5 here, off in the book): a quarantined
         client needs ``max(release_after, ceil(0.5 · its violations))`` clean rounds to be
@@ -250,6 +263,7 @@ class MATLRule(AggregationRule):
     attack_signature_scope: Literal["round", "signal"] = "signal"
     attack_signature_memory: int = 2
     threshold_levels: int = 1
+    oracle_verdict: bool = True
     r0: float = 0.5
     reputation_gain: float = 0.2
     reputation_penalty: float = 0.5
@@ -424,6 +438,9 @@ class MATLRule(AggregationRule):
             decision = rule.decide(composite, lowest, marked)
             trusted = ~decision.flagged
             evidence_signals = dict(results)
+        oracle = self._oracle_verdict(evidence_signals, weights, lowest, marked, rule)
+        if oracle is not None:
+            trusted = trusted & ~oracle.flagged
 
         report = eng.cartel.update(updates, ids) if eng.cartel is not None else None
         in_cartel = report.member if report is not None else torch.zeros(n, dtype=torch.bool)
@@ -449,7 +466,16 @@ class MATLRule(AggregationRule):
 
         evidence = signal_reasons(evidence_signals, weights, rule)
         round_verdicts = self._verdicts(
-            ids, composite, decision, evidence, committee_decision, report, rep, flagged
+            ids,
+            composite,
+            decision,
+            evidence,
+            committee_decision,
+            report,
+            rep,
+            flagged,
+            oracle,
+            evidence_signals,
         )
         details: dict[str, Any] = {
             "mode": self.mode,
@@ -470,6 +496,26 @@ class MATLRule(AggregationRule):
             scores=composite.to(updates.dtype),
             details=details,
         )
+
+    def _oracle_verdict(
+        self,
+        signals: dict[str, SignalResult | torch.Tensor],
+        weights: dict[str, float],
+        lowest: dict[str, torch.Tensor],
+        marked: torch.Tensor | None,
+        rule: AdaptiveThreshold,
+    ) -> ThresholdDecision | None:
+        """PoGQ's own verdict (``oracle_verdict``): the same threshold on PoGQ's scores alone,
+        with PoGQ alone carrying the signature; ``None`` when it does not apply (Mode 0, PoGQ
+        unweighted or the only weighted signal)."""
+        if not self.oracle_verdict or weights.get("pogq", 0) <= 0 or "pogq" not in signals:
+            return None
+        if sum(1 for w in weights.values() if w > 0) < 2:
+            return None
+        value = signals["pogq"]
+        scores = value.scores if isinstance(value, SignalResult) else value
+        lows = {"pogq": lowest["pogq"]} if "pogq" in lowest else {}
+        return rule.decide(scores.to(torch.float64), lows, marked)
 
     def _marks(
         self, lowest: dict[str, torch.Tensor], ids: list[int]
@@ -547,11 +593,18 @@ class MATLRule(AggregationRule):
         cartel: CartelReport | None,
         rep: ReputationUpdate,
         flagged: torch.Tensor,
+        oracle: ThresholdDecision | None = None,
+        signals: dict[str, SignalResult | torch.Tensor] | None = None,
     ) -> VerdictTable:
-        """Verdicts with the composite's reasons plus ``committee`` (support against the quorum),
-        ``cartel`` (cartel size against ``cartel_min_size``) and ``quarantine`` (recent violations
-        against ``max_violations``)."""
+        """Verdicts with the composite's reasons plus ``oracle`` (PoGQ against its own cut, when
+        the oracle verdict applies), ``committee`` (support against the quorum), ``cartel``
+        (cartel size against ``cartel_min_size``) and ``quarantine`` (recent violations against
+        ``max_violations``)."""
         extra: list[ReasonColumn] = []
+        if oracle is not None and signals is not None:
+            value = signals["pogq"]
+            scores = value.scores if isinstance(value, SignalResult) else value
+            extra.append(ReasonColumn.of("oracle", scores, oracle.threshold, ~oracle.flagged))
         if committee is not None:
             extra.append(
                 ReasonColumn.of("committee", committee.support, self.quorum, committee.trusted)
