@@ -223,6 +223,27 @@ def test_nested_splits_peel_off_a_second_low_cluster() -> None:
         AdaptiveThreshold(levels=0)
 
 
+def test_a_client_failing_a_signal_outright_is_cut_below_the_safe_score() -> None:
+    """``own_signature_cut``: switching sleepers that fail PoGQ and TCDM (composite 0.3) and those
+    that fail TCDM only (0.7) form two low clusters; the split cuts only the lowest, but every
+    client at most ``signature`` on a signal is cut while its composite is below ``safe_score`` —
+    in a round whose split is accepted (the guard still holds otherwise)."""
+    sig = {
+        "pogq": _res([1.0] * 12 + [0.0] * 4 + [1.0] * 3),
+        "tcdm": _res([1.0] * 12 + [0.0] * 7),
+        "entropy": _res([1.0] * 19),
+    }
+    composite = combine(sig, DEFAULT_WEIGHTS)
+    lows = signal_lows(sig, DEFAULT_WEIGHTS)
+    plain = AdaptiveThreshold(signature=0.1, signature_scope="signal").decide(composite, lows)
+    assert plain.flagged.tolist() == [False] * 12 + [True] * 4 + [False] * 3
+    assert plain.threshold == pytest.approx(0.5)
+    own = AdaptiveThreshold(signature=0.1, signature_scope="signal", own_signature_cut=True)
+    assert own.decide(composite, lows).flagged.tolist() == [False] * 12 + [True] * 7
+    unseparated = AdaptiveThreshold(signature=0.1, own_signature_cut=True, min_gap=0.9)
+    assert not unseparated.decide(composite, lows).flagged.any()
+
+
 def test_signal_lows_mark_failed_clients_and_skip_unweighted_signals() -> None:
     marked = SignalResult(
         scores=torch.tensor([0.9, 0.8], dtype=torch.float64),

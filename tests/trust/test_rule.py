@@ -41,6 +41,16 @@ def test_registered_and_valid_in_a_simulation_config() -> None:
         SimulationConfig.from_dict({"defense": "matl", "defense_params": {"bogus": 1}})
     assert rule.attack_signature_scope == "signal"
     assert rule.threshold_rule().signature_scope == "signal"
+    for bad, match in (
+        ({"attack_signature_memory": -1}, "attack_signature_memory must be >= 0"),
+        ({"attack_signature_memory": 1.5}, "attack_signature_memory must be an int"),
+        ({"oracle_verdict": "yes"}, "oracle_verdict must be a bool"),
+        ({"own_signature_cut": 1}, "own_signature_cut must be a bool"),
+        ({"release_per_violation": -0.5}, "release_per_violation must be >= 0"),
+        ({"threshold_levels": 0}, "levels must be an integer >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            SimulationConfig.from_dict({"defense": "matl", "defense_params": bad})
     with pytest.raises(ConfigError, match="signature_scope must be 'round' or 'signal'"):
         SimulationConfig.from_dict(
             {"defense": "matl", "defense_params": {"attack_signature_scope": "client"}}

@@ -265,6 +265,13 @@ class AdaptiveThreshold:
         cut, where one split cuts only the lowest. Measured (``docs/trust.md``, "Nested
         splits"): Mode 1 sleeper detection +0.02–0.05, false-positive rates up to +0.008; Mode 0
         only more false positives. Not the engine's default.
+    own_signature_cut:
+        With per-signal ``lowest`` (default ``False``; the engine's default is ``True``): in a
+        round whose adaptive cut applies, a client that carries the signature itself (at most
+        ``signature`` on some signal) is cut whenever its score is below ``safe_score``, wherever
+        the split fell. This is guard 3's premise made a rule — a client failing one signal
+        completely scores at most 0.7 with the default weights — for rounds with two low
+        clusters, where the split cuts only the lowest.
     """
 
     METHODS: ClassVar[tuple[str, ...]] = ("cluster", "mad")
@@ -277,6 +284,7 @@ class AdaptiveThreshold:
     signature: float | None = None
     signature_scope: Literal["round", "signal"] = "round"
     levels: int = 1
+    own_signature_cut: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in self.METHODS:
@@ -291,6 +299,10 @@ class AdaptiveThreshold:
             _check_number("signature", self.signature, 0.0, 1.0)
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
             raise ConfigError(f"threshold levels must be an integer >= 1, got {self.levels!r}")
+        if not isinstance(self.own_signature_cut, bool):
+            raise ConfigError(
+                f"threshold own_signature_cut must be a bool, got {self.own_signature_cut!r}"
+            )
         if self.signature_scope not in ("round", "signal"):
             raise ConfigError(
                 f"threshold signature_scope must be 'round' or 'signal', got {self.signature_scope!r}"
@@ -321,6 +333,7 @@ class AdaptiveThreshold:
         else:
             separated, gap, spread, adaptive = _mad_cut(s, self.k, self.min_gap)
         exposed: torch.Tensor | None = None
+        own: torch.Tensor | None = None
         if self.signature is None or lowest is None:
             signed = True
         elif isinstance(lowest, Mapping):
@@ -328,6 +341,9 @@ class AdaptiveThreshold:
                 v for v in lowest.values() if v.numel() and float(v.min()) <= self.signature
             ]
             signed = bool(carriers)
+            if carriers and self.own_signature_cut:
+                own = torch.stack([v for v in lowest.values() if v.numel()]).min(dim=0).values
+                own = own <= self.signature
             if carriers and self.signature_scope == "signal":
                 exposed = torch.stack(carriers).min(dim=0).values < self.safe_score
                 if marked is not None:
@@ -341,6 +357,8 @@ class AdaptiveThreshold:
         flagged = below
         if exposed is not None:
             flagged = below & (exposed | (s < min(self.hard_floor, self.safe_score)))
+        if own is not None and adaptive > 0:
+            flagged = flagged | (own & (s < self.safe_score))
         return ThresholdDecision(
             threshold=t,
             flagged=flagged,

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from matl.errors import ConfigError
-from matl.trust._util import assign_rows, grow
+from matl.trust._util import assign_rows, check_number, grow
 
 __all__ = ["ClientReputation", "ReputationBook", "ReputationUpdate"]
 
@@ -153,11 +153,7 @@ class ReputationBook:
             )
         _count("max_violations", self.max_violations)
         _count("release_after", self.release_after)
-        rate = self.release_per_violation
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < math.inf:
-            raise ConfigError(
-                f"reputation release_per_violation must be a finite number >= 0, got {rate!r}"
-            )
+        check_number("reputation", "release_per_violation", self.release_per_violation, low=0)
         if self.window is not None:
             _count("window", self.window)
             if self.window < self.max_violations:
