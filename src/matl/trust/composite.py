@@ -107,6 +107,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "AdaptiveThreshold",
     "ThresholdDecision",
+    "carries_signature",
     "check_weights",
     "combine",
     "lowest_signal_score",
@@ -342,8 +343,7 @@ class AdaptiveThreshold:
             ]
             signed = bool(carriers)
             if carriers and self.own_signature_cut:
-                own = torch.stack([v for v in lowest.values() if v.numel()]).min(dim=0).values
-                own = own <= self.signature
+                own = carries_signature(lowest, self.signature)
             if carriers and self.signature_scope == "signal":
                 exposed = torch.stack(carriers).min(dim=0).values < self.safe_score
                 if marked is not None:
@@ -388,6 +388,13 @@ def signal_lows(
             mine = torch.where(failed.flatten().to(torch.bool), 0.0, mine)
         out[name] = mine
     return out
+
+
+def carries_signature(lowest: Mapping[str, torch.Tensor], signature: float) -> torch.Tensor | None:
+    """``(n,)`` bool: the clients at most ``signature`` on some signal of ``lowest``
+    (:func:`signal_lows`); ``None`` if no signal has scores."""
+    lows = [v for v in lowest.values() if v.numel()]
+    return torch.stack(lows).min(dim=0).values <= signature if lows else None
 
 
 def lowest_signal_score(

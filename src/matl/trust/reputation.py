@@ -177,22 +177,12 @@ class ReputationBook:
 
     def reputation(self, client_ids: Sequence[int]) -> torch.Tensor:
         """``(n,)`` float64 current reputations (``r0`` for unknown clients)."""
-        book = self._book
-        rows = torch.tensor([book.index.get(int(c), -1) for c in client_ids], dtype=torch.int64)
-        out = torch.full((len(rows),), float(self.r0), dtype=torch.float64)
-        known = rows >= 0
-        out[known] = book.reputation[rows[known]]
-        return out
+        return self._book.lookup(client_ids, "reputation", float(self.r0))
 
     def marks(self, client_ids: Sequence[int]) -> torch.Tensor:
         """``(n,)`` int64: the rounds in which each client carried an attack signature itself
         (0 for unknown clients; see :meth:`update`)."""
-        book = self._book
-        rows = torch.tensor([book.index.get(int(c), -1) for c in client_ids], dtype=torch.int64)
-        out = torch.zeros(len(rows), dtype=torch.int64)
-        known = rows >= 0
-        out[known] = book.marks[rows[known]]
-        return out
+        return self._book.lookup(client_ids, "marks", 0)
 
     def update(
         self,
@@ -357,6 +347,15 @@ class _Columns:
             for name in ("length", "clean_streak", "rounds", "violations", "quarantines", "marks"):
                 setattr(self, name, grow(getattr(self, name), size, 0))
         return rows
+
+    def lookup(self, client_ids: Sequence[int], column: str, default: float) -> torch.Tensor:
+        """Column ``column`` for ``client_ids`` (``default`` for unknown clients), a copy."""
+        values: torch.Tensor = getattr(self, column)
+        rows = torch.tensor([self.index.get(int(c), -1) for c in client_ids], dtype=torch.int64)
+        out = torch.full((len(rows),), default, dtype=values.dtype)
+        known = rows >= 0
+        out[known] = values[rows[known]]
+        return out
 
     def client(self, row: int) -> ClientReputation:
         """Row ``row`` as a :class:`ClientReputation` (a copy)."""

@@ -81,6 +81,7 @@ from matl.trust.committee import Committee, CommitteeDecision
 from matl.trust.composite import (
     AdaptiveThreshold,
     ThresholdDecision,
+    carries_signature,
     check_weights,
     combine,
     mode_weights,
@@ -534,9 +535,13 @@ class MATLRule(AggregationRule):
         """``(own, marked)``: the clients carrying an attack signature themselves this round
         (lowest weighted signal score at most ``attack_signature``), and those that have carried
         one this round or in an earlier one (``None`` when not used)."""
-        if self.attack_signature is None or not lowest:
+        own = (
+            None
+            if self.attack_signature is None
+            else carries_signature(lowest, self.attack_signature)
+        )
+        if own is None:
             return None, None
-        own = torch.stack(list(lowest.values())).min(dim=0).values <= self.attack_signature
         if not self.attack_signature_memory:
             return own, None
         return own, own | (self._engine.reputation.marks(ids) >= self.attack_signature_memory)
