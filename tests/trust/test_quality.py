@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
+from matl.aggregation import products
 from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import PoGQSignal, Signal
@@ -618,10 +619,16 @@ def test_forget_makes_the_next_participation_a_first_one(honest_rounds: Rounds) 
     )
 
 
-def test_fast_path_fused_consensus_matches_the_two_pass_one(honest_rounds: Rounds) -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_fast_path_fused_consensus_matches_the_two_pass_one(
+    honest_rounds: Rounds, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
     """The fast path sums the consensus direction in its own pass over the updates; the cosines
     must be those of the separate two-pass computation (rounding aside), and a set that differs
-    from the one the consensus chooses must not be used."""
+    from the one the consensus chooses must not be used. ``split``: the pass is cut into row
+    chunks with partial sums, as for a large matrix (matl.aggregation.products)."""
+    if split:
+        monkeypatch.setattr(products, "PARALLEL_MIN_ELEMENTS", 0)
     u, ctx = next(honest_rounds(1))
     u = u.clone()
     u[:3] = -u[:3]  # some harmful updates, so that the chosen set is a strict subset
@@ -636,3 +643,22 @@ def test_fast_path_fused_consensus_matches_the_two_pass_one(honest_rounds: Round
     fallback = sig.consensus_cosines(u, norms, res.raw["evidence"], ratio, wrong)
     assert fallback is not None and torch.allclose(fallback, two_pass, atol=1e-12)
     assert 0 < int(chosen.sum()) < u.shape[0]
+
+
+def test_split_fast_path_scores_as_the_single_pass(
+    honest_rounds: Rounds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cutting the fast path's pass into chunks (a large matrix) changes rounding only: over three
+    rounds with harmful updates, every score and raw value agrees with the single pass."""
+    single, split = PoGQSignal(path="fast"), PoGQSignal(path="fast")
+    for u, ctx in honest_rounds(3):
+        u = u.clone()
+        u[:3] = -u[:3]
+        a = single(u, ctx)
+        monkeypatch.setattr(products, "PARALLEL_MIN_ELEMENTS", 0)
+        b = split(u, ctx)
+        monkeypatch.undo()
+        assert torch.allclose(a.scores, b.scores, atol=1e-6)
+        for key in ("delta", "consensus_cosine", "running_consensus"):
+            assert torch.allclose(a.raw[key], b.raw[key], atol=1e-6, equal_nan=True), key
+        assert bool((a.scores < 0.5).any())  # the harmful updates are scored as such

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from matl.aggregation import RoundContext, available_rules, get_rule
+from matl.aggregation import RoundContext, available_rules, get_rule, products
 from matl.data import load_dataset
 from matl.errors import ConfigError
 from matl.sim import History, Simulation, SimulationConfig
@@ -142,6 +142,26 @@ def test_sign_flippers_are_flagged_with_reasons(honest_rounds: Rounds, mode: int
         assert reasons["composite"]["value"] < reasons["composite"]["threshold"]
     # the fourth round of violations quarantined them
     assert sorted(res.details["quarantined"]) == list(range(N_BYZ))
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_split_products_give_the_same_round(
+    honest_rounds: Rounds, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    """A large matrix's products run in chunks (matl.aggregation.products); forced on these small
+    rounds, the verdicts are the same and the aggregate and scores agree to rounding."""
+    single, split = MATLRule(mode=mode), MATLRule(mode=mode)
+    for u, ctx in honest_rounds(4):
+        flipped = _sign_flip(u)
+        a = single(flipped, ctx)
+        monkeypatch.setattr(products, "PARALLEL_MIN_ELEMENTS", 0)
+        b = split(flipped, ctx)
+        monkeypatch.undo()
+        assert torch.equal(a.flagged, b.flagged)
+        assert a.scores is not None and b.scores is not None
+        assert torch.allclose(a.scores, b.scores, atol=1e-6)
+        assert torch.allclose(a.aggregate, b.aggregate, rtol=1e-5, atol=1e-7)
+    assert bool(a.flagged[:N_BYZ].all())
 
 
 @pytest.mark.parametrize("oracle", [True, False])

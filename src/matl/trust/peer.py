@@ -18,6 +18,7 @@ import torch
 
 from matl.aggregation.base import RoundContext
 from matl.aggregation.order_stats import map_column_blocks, median_of_sorted
+from matl.aggregation.products import row_dots
 from matl.trust._util import check_number, check_rows, median, robust_z, round_generator, row_norms
 from matl.trust.base import SignalResult
 from matl.trust.sketch import tight_group_members
@@ -222,7 +223,7 @@ class PeerSignal:
         ref_rows = self.reference(updates)
         with torch.no_grad():
             center = self.center(updates, ctx, ref_rows)
-            dots = (updates @ center).to(torch.float64)
+            dots = row_dots(updates, center).to(torch.float64)
         c_norm = float(torch.linalg.vector_norm(center.to(torch.float64)))
 
         # Direction.

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from matl.aggregation.base import RoundContext
+from matl.aggregation.products import map_chunks, parallel, row_dots, weighted_sum
 from matl.errors import ConfigError
 from matl.trust._util import (
     assign_rows,
@@ -49,6 +50,9 @@ Path = Literal["auto", "exact", "fast"]
 
 #: Entries of one row block of the fast path's fused pass (about 1.6 MB of float32: in cache).
 _FUSED_BLOCK_ELEMENTS = 1 << 19
+#: The same when the pass is split over the cores (:mod:`matl.aggregation.products`): 8 MB of
+#: float32 per block (measured best of 0.5, 1, 2 M entries at n = 1000, d = 10⁵ on 2 cores).
+_SPLIT_BLOCK_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -459,11 +463,11 @@ class PoGQSignal:
             else:
                 weight = torch.zeros(n, dtype=torch.float64)
                 weight[top] = 1.0 / (k * norms[top])
-                ref = weight.to(work.dtype) @ work
+                ref = weighted_sum(weight.to(work.dtype), work)
             ref_norm = float(torch.linalg.vector_norm(ref.to(torch.float64)))
             if not ref_norm > 0:
                 return None
-            dots = (work @ (ref / ref_norm)).to(torch.float64)
+            dots = row_dots(work, ref / ref_norm).to(torch.float64)
         return torch.where(norms > 0, dots / norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
 
     def map_consensus(
@@ -573,28 +577,39 @@ class PoGQSignal:
         directions of the updates it will choose — :math:`\Delta_i > 0`, :math:`\rho_i \le
         \kappa`, :math:`\lVert u_i\rVert > 0` — in the same pass: row blocks small enough to stay
         in cache are read once for both products (measured: 2.0 means against 2.8 for the two
-        passes, ``n = 1000, d = 10^5``). The products are the same as row by row."""
+        passes, ``n = 1000, d = 10^5``). The products are the same as row by row. A large matrix
+        is cut into fixed row chunks that run on the cores side by side, each with its own partial
+        direction sum, added in chunk order (:mod:`matl.aggregation.products`)."""
         grad: torch.Tensor = model.loss_and_grad(theta_row, x.unsqueeze(0), y.unsqueeze(0))[1]
         work = updates.detach()
         g = grad[0].to(work.dtype)
-        with torch.no_grad():
-            if self.consensus_fraction < 1 or work.dtype not in (torch.float32, torch.float64):
-                return -self.step * (work @ g).to(torch.float64), None
-            n, d = work.shape
-            free = (ratio <= self.norm_guard) & (norms > 0)
-            inverse = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0).to(work.dtype)
-            dots = torch.empty(n, dtype=work.dtype)
+        if self.consensus_fraction < 1 or work.dtype not in (torch.float32, torch.float64):
+            return -self.step * row_dots(work, g).to(torch.float64), None
+        n, d = work.shape
+        free = (ratio <= self.norm_guard) & (norms > 0)
+        inverse = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0).to(work.dtype)
+        dots = torch.empty(n, dtype=work.dtype)
+        chosen = torch.zeros(n, dtype=torch.bool)
+        split = parallel(work)
+        rows = max(1, (_SPLIT_BLOCK_ELEMENTS if split else _FUSED_BLOCK_ELEMENTS) // max(d, 1))
+
+        def piece(first: int, last: int) -> torch.Tensor:
+            """Dots and the partial direction sum of rows ``first:last``, block by block."""
             direction_sum = torch.zeros(d, dtype=work.dtype)
-            chosen = torch.zeros(n, dtype=torch.bool)
-            rows = max(1, _FUSED_BLOCK_ELEMENTS // max(d, 1))
-            for start in range(0, n, rows):
-                stop = min(start + rows, n)
+            for start in range(first, last, rows):
+                stop = min(start + rows, last)
                 block = work[start:stop]
                 torch.mv(block, g, out=dots[start:stop])
                 pick = free[start:stop] & (dots[start:stop] < 0)  # Δ > 0 ⇔ gᵀu < 0 (η > 0)
                 chosen[start:stop] = pick
                 if bool(pick.any()):
                     direction_sum.addmv_(block.T, torch.where(pick, inverse[start:stop], 0.0))
+            return direction_sum
+
+        partial_sums = map_chunks(n, piece, split=split)
+        direction_sum = partial_sums[0]
+        for more in partial_sums[1:]:
+            direction_sum += more
         return -self.step * dots.to(torch.float64), _PartialConsensus(chosen, direction_sum)
 
     def forget(self, client_ids: Sequence[int]) -> None:

@@ -72,6 +72,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from matl.aggregation.base import AggregationResult, AggregationRule, RoundContext
+from matl.aggregation.products import weighted_sum
 from matl.aggregation.registry import register_rule
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust._util import check_number
@@ -474,7 +475,7 @@ class MATLRule(AggregationRule):
         else:
             total = raw.sum()
             w = raw / total if bool(total > 0) else eligible.to(torch.float64) / eligible.sum()
-            aggregate = w.to(dtype=updates.dtype, device=updates.device) @ updates
+            aggregate = weighted_sum(w.to(dtype=updates.dtype, device=updates.device), updates)
 
         evidence = signal_reasons(evidence_signals, weights, rule)
         round_verdicts = self._verdicts(
