@@ -179,15 +179,29 @@ def test_update_checks_shapes_and_ids() -> None:
 
 
 def _loop_update(
-    book: dict, ids: list[int], scores: list[float], bad: list[bool], marked: list[bool], **cfg
+    book: dict,
+    ids: list[int],
+    scores: list[float],
+    bad: list[bool],
+    marked: list[bool],
+    switched: list[bool],
+    failed: list[bool],
+    **cfg,
 ) -> None:
     """The dynamics of the module docstring, one client at a time (the reference)."""
     memory = cfg["window"] or cfg["max_violations"]
-    for cid, score, b, m in zip(ids, scores, bad, marked, strict=True):
+    hold = cfg.get("hold_after_switches")
+    for cid, score, b, m, sw, f in zip(ids, scores, bad, marked, switched, failed, strict=True):
         st = book.setdefault(cid, {"reputation": cfg["r0"], "recent": [], "quarantined": False,
                                    "clean_streak": 0, "rounds": 0, "violations": 0,
-                                   "quarantines": 0, "marks": 0})  # fmt: skip
+                                   "quarantines": 0, "marks": 0, "switch_streak": 0,
+                                   "switch_failed": False, "held": False})  # fmt: skip
         st["marks"] += int(m)
+        st["switch_streak"] = st["switch_streak"] + 1 if sw else 0
+        st["switch_failed"] = sw and (st["switch_failed"] or f)
+        st["held"] = st["held"] or (
+            hold is not None and st["switch_failed"] and st["switch_streak"] >= hold
+        )
         was = st["quarantined"]
         st["rounds"] += 1
         if b:
@@ -203,20 +217,22 @@ def _loop_update(
             needed = max(
                 cfg["release_after"], math.ceil(cfg["release_per_violation"] * st["violations"])
             )
-            if st["clean_streak"] >= needed:
+            if st["clean_streak"] >= needed and not st["held"]:
                 st["quarantined"] = False
                 st["recent"] = []
-        elif sum(st["recent"]) >= cfg["max_violations"]:
+        elif sum(st["recent"]) >= cfg["max_violations"] or st["held"]:
             st["quarantined"] = True
             st["quarantines"] += 1
 
 
+@pytest.mark.parametrize("hold", [None, 2])
 @pytest.mark.parametrize("window", [None, 4])
-def test_vectorised_update_equals_the_per_client_loop(window: int | None) -> None:
+def test_vectorised_update_equals_the_per_client_loop(window: int | None, hold: int | None) -> None:
     """Random rounds over a changing subset of 40 clients: the column-stored book ends in exactly
     the state (bit for bit) of the per-client loop, and so does a book restored mid-way."""
     cfg = {"r0": 0.4, "gain": 0.25, "penalty": 0.6, "max_violations": 2, "window": window,
-           "release_after": 2, "release_per_violation": 0.3}  # fmt: skip
+           "release_after": 2, "release_per_violation": 0.3,
+           "hold_after_switches": hold}  # fmt: skip
     book = ReputationBook(**cfg)
     ref: dict = {}
     g = torch.Generator().manual_seed(0)
@@ -226,10 +242,23 @@ def test_vectorised_update_equals_the_per_client_loop(window: int | None) -> Non
         scores = torch.rand(len(ids_list), generator=g, dtype=torch.float64) * 1.2 - 0.1
         bad = torch.rand(len(ids_list), generator=g) < 0.35
         marked = torch.rand(len(ids_list), generator=g) < 0.2
-        update = book.update(ids_list, scores, bad, marked=marked)
-        _loop_update(
-            ref, ids_list, scores.clamp(0.0, 1.0).tolist(), bad.tolist(), marked.tolist(), **cfg
+        switched = torch.rand(len(ids_list), generator=g) < 0.3
+        failed = torch.rand(len(ids_list), generator=g) < 0.5
+        update = book.update(
+            ids_list, scores, bad, marked=marked, switched=switched, switch_failed=failed
         )
+        _loop_update(
+            ref,
+            ids_list,
+            scores.clamp(0.0, 1.0).tolist(),
+            bad.tolist(),
+            marked.tolist(),
+            switched.tolist(),
+            failed.tolist(),
+            **cfg,
+        )
+        assert update.held.tolist() == [ref[c]["held"] for c in ids_list]
+        assert update.switch_streak.tolist() == [ref[c]["switch_streak"] for c in ids_list]
         assert book.marks(ids_list).tolist() == [ref[c]["marks"] for c in ids_list]
         assert update.reputation.tolist() == [ref[c]["reputation"] for c in ids_list]
         assert update.quarantined.tolist() == [ref[c]["quarantined"] for c in ids_list]
@@ -239,6 +268,7 @@ def test_vectorised_update_equals_the_per_client_loop(window: int | None) -> Non
             restored.load_state_dict(book.state_dict())
             book = restored
     assert book.state_dict() == {"clients": ref}
+    assert any(st["held"] for st in ref.values()) == (hold is not None)
     assert book.reputation([1, 4, 999]).tolist() == [
         ref.get(1, {"reputation": 0.4})["reputation"],
         ref.get(4, {"reputation": 0.4})["reputation"],
@@ -252,3 +282,73 @@ def test_state_with_a_longer_memory_than_the_book_is_rejected() -> None:
                             "clean_streak": 0, "rounds": 5, "violations": 5, "quarantines": 1}}  # fmt: skip
     with pytest.raises(ValueError, match="remembers 5 participations"):
         ReputationBook(max_violations=2, window=3).load_state_dict(state)
+
+
+def test_a_lasting_switch_holds_a_client_until_released_by_hand() -> None:
+    """An isolated switch is forgiven; two in a row hold the client in quarantine through any
+    number of clean rounds, across a state round trip, until :meth:`release`."""
+    book = ReputationBook(hold_after_switches=2)
+    clean = torch.zeros(2, dtype=torch.bool)
+
+    def step(switched: list[bool]) -> None:
+        book.update([1, 2], torch.ones(2), clean, switched=torch.tensor(switched))
+
+    for pattern in ([True, True], [False, True], [True, False], [False, False]):
+        step(pattern)  # client 1: isolated switches; client 2: two in a row (rounds 1-2)
+    assert book.held([1, 2, 99]).tolist() == [False, True, False]
+    for _ in range(20):
+        step([False, False])
+    assert book.get(2).quarantined and book.get(2).held and book.get(2).quarantines == 1
+    assert not book.get(1).quarantined
+    restored = ReputationBook(hold_after_switches=2)
+    restored.load_state_dict(book.state_dict())
+    assert restored.held([2]).tolist() == [True]
+    old = book.state_dict()
+    for st in old["clients"].values():
+        del st["held"], st["switch_streak"]  # a state saved before holds existed
+    restored.load_state_dict(old)
+    assert restored.held([2]).tolist() == [False]
+    book.release([2, 99])
+    assert not book.get(2).held and not book.get(2).quarantined
+    step([False, False])
+    assert (
+        book.weights(book.reputation([1, 2]), torch.ones(2), torch.ones(2, dtype=torch.bool))[1] > 0
+    )
+
+
+def test_switches_count_only_when_holds_are_on_and_shapes_are_checked() -> None:
+    book = ReputationBook()  # hold_after_switches=None: switches are counted, nobody is held
+    for _ in range(5):
+        up = book.update([7], torch.ones(1), torch.zeros(1, dtype=torch.bool),
+                         switched=torch.ones(1, dtype=torch.bool))  # fmt: skip
+    assert up.switch_streak.tolist() == [5] and not bool(up.held.any())
+    with pytest.raises(ValueError, match="switches"):
+        book.update([7], torch.ones(1), torch.zeros(1, dtype=torch.bool),
+                    switched=torch.ones(2, dtype=torch.bool))  # fmt: skip
+    with pytest.raises(ValueError, match="failed switches"):
+        book.update([7], torch.ones(1), torch.zeros(1, dtype=torch.bool),
+                    switched=torch.ones(1, dtype=torch.bool),
+                    switch_failed=torch.ones(3, dtype=torch.bool))  # fmt: skip
+    with pytest.raises(ConfigError, match="hold_after_switches"):
+        ReputationBook(hold_after_switches=0)
+
+
+def test_a_run_of_switches_needs_a_failed_one_to_hold() -> None:
+    """Mild switches in a row (none failed) never hold; one failed switch inside a run does, and a
+    failure in an earlier, broken run does not carry over."""
+    book = ReputationBook(hold_after_switches=2)
+    ok = torch.zeros(1, dtype=torch.bool)
+
+    def step(switched: bool, failed: bool) -> bool:
+        up = book.update([5], torch.ones(1), ok, switched=torch.tensor([switched]),
+                         switch_failed=torch.tensor([failed]))  # fmt: skip
+        return bool(up.held[0])
+
+    assert not any(step(True, False) for _ in range(6))  # six mild switches in a row
+    assert not step(False, False)
+    assert not step(True, True)  # a failed switch, alone so far
+    assert not step(False, False)  # the run breaks: its failure is forgotten
+    assert not step(True, False) and not step(True, False)
+    assert not step(False, False)
+    assert not step(True, True)  # a failed switch starts a run ...
+    assert step(True, False)  # ... and a second switch in a row holds the client

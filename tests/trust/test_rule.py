@@ -133,7 +133,7 @@ def test_sign_flippers_are_flagged_with_reasons(honest_rounds: Rounds, mode: int
         oracle = {"oracle"} if mode == 1 else set()  # PoGQ's own verdict
         assert (
             set(reasons)
-            == {primary, "tcdm", "entropy", "composite", "cartel", "quarantine"} | oracle
+            == {primary, "tcdm", "entropy", "composite", "cartel", "quarantine", "switch"} | oracle
         )
         assert not reasons[primary]["passed"] and reasons[primary]["value"] == 0.0
         if mode == 1:
@@ -212,9 +212,15 @@ def test_attackers_carry_marks_that_honest_clients_do_not(honest_rounds: Rounds)
 def test_quarantine_and_release(honest_rounds: Rounds) -> None:
     """Client 0 attacks three rounds, then behaves. The third violation quarantines it (weight 0,
     flagged); it is released in the round that completes ``release_after`` consecutive clean
-    rounds. (Its first honest rounds are not clean: the temporal signal flags the switch.)"""
+    rounds. (Its first honest rounds are not clean: the temporal signal flags the switch; the
+    hold on a lasting switch is off here, see the next test.)"""
     rule = MATLRule(
-        mode=1, max_violations=3, violation_window=3, release_after=3, release_per_violation=0.0
+        mode=1,
+        max_violations=3,
+        violation_window=3,
+        release_after=3,
+        release_per_violation=0.0,
+        switch_hold=None,
     )
     quarantined, clean, weighted = [], [], []
     for rnd, (u, ctx) in enumerate(honest_rounds(12)):
@@ -231,6 +237,33 @@ def test_quarantine_and_release(honest_rounds: Rounds) -> None:
     assert quarantined[2:release] == [True] * (release - 2)
     assert weighted[:release] == [False] * release
     assert not any(quarantined[release:]) and all(weighted[release:])
+
+
+@pytest.mark.parametrize("hold", [2, None])
+def test_a_lasting_switch_holds_the_client(honest_rounds: Rounds, hold: int | None) -> None:
+    """Client 0 sends its honest update for four rounds, then its flipped update (unscaled) for
+    the rest. Its switch lasts more than one round, so with ``switch_hold=2`` it is held: flagged
+    in every round after it, with the ``switch`` reason failing and its id in ``details["held"]``,
+    and nobody else is held. Without the hold it is quarantined and released again, like any
+    violator."""
+    rule = MATLRule(mode=1, switch_hold=hold)
+    held_rounds, flagged = [], []
+    for rnd, (u, ctx) in enumerate(honest_rounds(12)):
+        res = rule(_sign_flip(u, f=1, scale=1.0) if rnd >= 4 else u, ctx)
+        assert res.details is not None
+        held_rounds.append(0 in res.details["held"])
+        assert set(res.details["held"]) <= {0}
+        flagged.append(bool(res.flagged[0]))
+        reasons = {r["signal"]: r for r in res.details["verdicts"][0]["reasons"]}
+        assert ("switch" in reasons) == (hold is not None)
+        if hold is not None:
+            assert reasons["switch"]["passed"] == (not held_rounds[-1])
+    assert not any(held_rounds[:4]) and not any(flagged[:4])
+    if hold is None:
+        assert not any(held_rounds)
+    else:
+        first = held_rounds.index(True)
+        assert first <= 6 and all(held_rounds[first:]) and all(flagged[first:])
 
 
 @pytest.mark.parametrize("restart", [True, False])

@@ -26,6 +26,22 @@ With ``release_per_violation`` :math:`\rho > 0` the release takes
 client's violations so far: a long record needs a long good behaviour (off by default; the trust
 engine uses 0.5).
 
+**Held clients.** With ``hold_after_switches`` :math:`H` (off by default; the trust engine uses
+2) the book also counts each client's consecutive *switches* — participations in which the caller
+reports that its update turned away from its own history (the trust engine passes TCDM's temporal
+test, :math:`z_i > z_0`), and whether the current run of switches holds a *failed* one (the
+caller's flag ``switch_failed``; the trust engine's: the temporal score itself at most the attack
+signature, :math:`z_i \\ge z_0 + 2.15`). A client with :math:`H` switches in a row, one of them
+failed, is *held*: quarantined, and never released by clean rounds, only by
+:meth:`ReputationBook.release`. An isolated switch is
+noise; a switch that persists is a change of behaviour — a sleeper that starts attacking after an
+honest phase, whose new updates may look harmless to every per-round signal once its history has
+caught up. On the MNIST calibration runs (seeds 10–19 attack-free, 10–11 with sleepers) every
+sleeper switched for 3–6 rounds in a row at :math:`z` 4.5–9.7 in its first two, while the honest
+clients' runs of switches were 1–3 rounds long at :math:`z \\le 3.9` (``docs/trust.md``, "Holding
+a client that switched"). The price: an honest client whose data changes abruptly for
+:math:`H` rounds in a row, one of them sharply, is held too.
+
 **Marks.** The book also counts, per client, the rounds in which it carried an attack signature
 itself (:meth:`ReputationBook.marks`, passed to :meth:`ReputationBook.update` by the trust engine:
 some weighted signal at most ``attack_signature``); the threshold cuts only marked clients.
@@ -72,6 +88,9 @@ class ClientReputation:
     violations: int = 0
     quarantines: int = 0
     marks: int = 0
+    switch_streak: int = 0
+    switch_failed: bool = False
+    held: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +102,9 @@ class ClientReputation:
             "violations": self.violations,
             "quarantines": self.quarantines,
             "marks": self.marks,
+            "switch_streak": self.switch_streak,
+            "switch_failed": self.switch_failed,
+            "held": self.held,
         }
 
 
@@ -100,6 +122,10 @@ class ReputationUpdate:
         ``(n,)`` bool: entered / left quarantine this round.
     recent_violations:
         ``(n,)`` int64: violations within the client's window after the update.
+    switch_streak:
+        ``(n,)`` int64: consecutive participations with a switch, up to this one.
+    held:
+        ``(n,)`` bool: held (quarantined until :meth:`ReputationBook.release`).
     """
 
     reputation: torch.Tensor
@@ -107,6 +133,8 @@ class ReputationUpdate:
     newly_quarantined: torch.Tensor
     released: torch.Tensor
     recent_violations: torch.Tensor
+    switch_streak: torch.Tensor
+    held: torch.Tensor
 
 
 @dataclass(kw_only=True)
@@ -131,6 +159,9 @@ class ReputationBook:
     release_per_violation:
         :math:`\\rho \\ge 0`: the release takes at least :math:`\\lceil \\rho V_i \\rceil`
         clean rounds, :math:`V_i` the client's violations so far (0 = off).
+    hold_after_switches:
+        :math:`H \\ge 1`: a client reported as switching in :math:`H` consecutive participations,
+        one of them failed, is held (see the module docstring); ``None`` (default) = never.
     """
 
     r0: float = 0.5
@@ -140,6 +171,7 @@ class ReputationBook:
     window: int | None = 5
     release_after: int = 3
     release_per_violation: float = 0.0
+    hold_after_switches: int | None = None
     _book: _Columns = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +186,8 @@ class ReputationBook:
         _count("max_violations", self.max_violations)
         _count("release_after", self.release_after)
         check_number("reputation", "release_per_violation", self.release_per_violation, low=0)
+        if self.hold_after_switches is not None:
+            _count("hold_after_switches", self.hold_after_switches)
         if self.window is not None:
             _count("window", self.window)
             if self.window < self.max_violations:
@@ -190,10 +224,15 @@ class ReputationBook:
         scores: torch.Tensor,
         violations: torch.Tensor,
         marked: torch.Tensor | None = None,
+        switched: torch.Tensor | None = None,
+        switch_failed: torch.Tensor | None = None,
     ) -> ReputationUpdate:
         """Apply one round: ``scores`` are the ``(n,)`` composite scores, ``violations`` the
         ``(n,)`` bool flags (see the module docstring), ``marked`` the ``(n,)`` bool clients that
-        carried an attack signature themselves this round (counted in :meth:`marks`)."""
+        carried an attack signature themselves this round (counted in :meth:`marks`),
+        ``switched`` the ``(n,)`` bool clients whose update turned away from their own history
+        (counted in a row) and ``switch_failed`` those of them whose switch failed outright
+        (``None``: every switch counts as failed; see "Held clients")."""
         n = len(client_ids)
         if scores.shape != (n,) or violations.shape != (n,):
             raise ValueError(
@@ -216,6 +255,27 @@ class ReputationBook:
             if marked.shape != (n,):
                 raise ValueError(f"reputation update needs ({n},) marks, got {tuple(marked.shape)}")
             book.marks[rows] += marked.detach().to(torch.int64)
+        if switched is not None:
+            if switched.shape != (n,):
+                raise ValueError(
+                    f"reputation update needs ({n},) switches, got {tuple(switched.shape)}"
+                )
+            turned = switched.detach().to(torch.bool)
+            failed = turned
+            if switch_failed is not None:
+                if switch_failed.shape != (n,):
+                    raise ValueError(
+                        f"reputation update needs ({n},) failed switches, got "
+                        f"{tuple(switch_failed.shape)}"
+                    )
+                failed = turned & switch_failed.detach().to(torch.bool)
+            book.switch_streak[rows] = torch.where(turned, book.switch_streak[rows] + 1, 0)
+            book.switch_failed[rows] = turned & (book.switch_failed[rows] | failed)
+        hold = self.hold_after_switches
+        held = book.held[rows]
+        if hold is not None:
+            held = held | (book.switch_failed[rows] & (book.switch_streak[rows] >= hold))
+        book.held[rows] = held
         streak = torch.where(bad, 0, book.clean_streak[rows] + 1)
         book.clean_streak[rows] = streak
         # The violation memory: shift left, the latest participation enters on the right.
@@ -225,11 +285,11 @@ class ReputationBook:
             torch.ceil(self.release_per_violation * book.violations[rows].to(torch.float64)),
             min=float(self.release_after),
         )
-        released = was_quarantined & (streak.to(torch.float64) >= needed)
+        released = was_quarantined & ~held & (streak.to(torch.float64) >= needed)
         recent[released] = False
         length = torch.where(released, 0, length)
         count = recent.sum(dim=1)
-        entered = ~was_quarantined & (count >= self.max_violations)
+        entered = ~was_quarantined & ((count >= self.max_violations) | held)
         quarantined = (was_quarantined & ~released) | entered
         book.recent[rows] = recent
         book.length[rows] = length
@@ -241,7 +301,30 @@ class ReputationBook:
             newly_quarantined=entered,
             released=released,
             recent_violations=count.to(torch.int64),
+            switch_streak=book.switch_streak[rows].clone(),
+            held=held.clone(),
         )
+
+    def held(self, client_ids: Sequence[int]) -> torch.Tensor:
+        """``(n,)`` bool: which of ``client_ids`` are held (False for unknown clients)."""
+        return self._book.lookup(client_ids, "held", False)
+
+    def release(self, client_ids: Sequence[int]) -> None:
+        """Release ``client_ids`` by hand (an operator's decision; unknown ids are ignored): they
+        leave quarantine and the hold, and their violation memory and switch count start afresh;
+        reputation and the lifetime counters are kept."""
+        book = self._book
+        known = [book.index[int(c)] for c in client_ids if int(c) in book.index]
+        if not known:
+            return
+        rows = torch.tensor(known, dtype=torch.int64)
+        book.held[rows] = False
+        book.quarantined[rows] = False
+        book.recent[rows] = False
+        book.length[rows] = 0
+        book.switch_streak[rows] = 0
+        book.switch_failed[rows] = False
+        book.clean_streak[rows] = 0
 
     @staticmethod
     def weights(
@@ -272,6 +355,9 @@ class ReputationBook:
                 violations=int(st["violations"]),
                 quarantines=int(st["quarantines"]),
                 marks=int(st.get("marks", 0)),
+                switch_streak=int(st.get("switch_streak", 0)),
+                switch_failed=bool(st.get("switch_failed", False)),
+                held=bool(st.get("held", False)),
             )
             for cid, st in state.get("clients", {}).items()
         }
@@ -288,6 +374,10 @@ class ReputationBook:
         self._book = _Columns.empty(self.memory)
 
 
+#: The integer counters of :class:`ClientReputation`, one column each in :class:`_Columns`.
+_INT_COLUMNS = ("clean_streak", "rounds", "violations", "quarantines", "marks", "switch_streak")
+
+
 @dataclass
 class _Columns:
     """Every known client's state, one row per client id (``index``: id → row)."""
@@ -302,6 +392,9 @@ class _Columns:
     violations: torch.Tensor  # (N,) int64
     quarantines: torch.Tensor  # (N,) int64
     marks: torch.Tensor  # (N,) int64
+    switch_streak: torch.Tensor  # (N,) int64
+    switch_failed: torch.Tensor  # (N,) bool: the current run of switches holds a failed one
+    held: torch.Tensor  # (N,) bool
 
     @property
     def size(self) -> int:
@@ -320,7 +413,7 @@ class _Columns:
                 recent[row, memory - len(rec.recent) :] = torch.tensor(rec.recent)
         ints = {
             name: torch.tensor([getattr(rec, name) for rec in clients.values()], dtype=torch.int64)
-            for name in ("clean_streak", "rounds", "violations", "quarantines", "marks")
+            for name in _INT_COLUMNS
         }
         return cls(
             index={cid: row for row, cid in enumerate(clients)},
@@ -331,6 +424,10 @@ class _Columns:
             length=torch.tensor([len(rec.recent) for rec in clients.values()], dtype=torch.int64),
             quarantined=torch.tensor(
                 [rec.quarantined for rec in clients.values()], dtype=torch.bool
+            ),
+            held=torch.tensor([rec.held for rec in clients.values()], dtype=torch.bool),
+            switch_failed=torch.tensor(
+                [rec.switch_failed for rec in clients.values()], dtype=torch.bool
             ),
             **ints,
         )
@@ -344,7 +441,9 @@ class _Columns:
             self.reputation = grow(self.reputation, size, r0)
             self.recent = grow(self.recent, size, False)
             self.quarantined = grow(self.quarantined, size, False)
-            for name in ("length", "clean_streak", "rounds", "violations", "quarantines", "marks"):
+            self.held = grow(self.held, size, False)
+            self.switch_failed = grow(self.switch_failed, size, False)
+            for name in ("length", *_INT_COLUMNS):
                 setattr(self, name, grow(getattr(self, name), size, 0))
         return rows
 
@@ -372,6 +471,9 @@ class _Columns:
             violations=int(self.violations[row]),
             quarantines=int(self.quarantines[row]),
             marks=int(self.marks[row]),
+            switch_streak=int(self.switch_streak[row]),
+            switch_failed=bool(self.switch_failed[row]),
+            held=bool(self.held[row]),
         )
 
 

@@ -245,6 +245,15 @@ class MATLRule(AggregationRule):
         keeps a passing PoGQ score for several rounds while its running values catch up. On the
         calibration seeds (10 and 11, 45 % sleepers) sleeper detection went from 0.69 to 0.79;
         the other calibration runs were unchanged but for noise (``docs/trust.md``).
+    switch_hold:
+        A client whose temporal consistency fails in this many consecutive participations
+        (default 2; ``None`` = never), in one of them outright (temporal score at most
+        ``attack_signature``), is *held*: quarantined until released by hand
+        (:meth:`~matl.trust.reputation.ReputationBook.release`), however clean its later rounds
+        look (reason ``switch``; ``details["held"]``). A sleeper's flipped updates can look
+        harmless to every signal a few rounds after its switch; its switch, though, lasts several
+        rounds, while an honest client's stands alone (see "Held clients" in
+        :mod:`matl.trust.reputation`). Requires TCDM.
     seed:
         Seed of the cartel sketch and of randomising liars.
 
@@ -298,6 +307,7 @@ class MATLRule(AggregationRule):
     min_validator_reputation: float = 0.1
     fallback: Literal["skip", "median"] = "skip"
     restart_on_switch: bool = True
+    switch_hold: int | None = 2
     seed: int = 0
     _engine: _Engine = field(init=False, repr=False, compare=False)
 
@@ -312,6 +322,8 @@ class MATLRule(AggregationRule):
                 raise ConfigError(f"matl: {flag} must be a bool, got {getattr(self, flag)!r}")
         check_number("matl", "attack_signature_memory", self.attack_signature_memory, low=0,
                      integer=True)  # fmt: skip
+        if self.switch_hold is not None:
+            check_number("matl", "switch_hold", self.switch_hold, low=1, integer=True)
         cw = self.cartel_weight
         if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not 0 <= cw <= 1:
             raise ConfigError(f"matl: cartel_weight must be in [0, 1], got {cw!r}")
@@ -396,6 +408,7 @@ class MATLRule(AggregationRule):
             window=self.violation_window,
             release_after=self.release_after,
             release_per_violation=self.release_per_violation,
+            hold_after_switches=self.switch_hold,
         )
         cartel = (
             CartelDetector(
@@ -458,7 +471,15 @@ class MATLRule(AggregationRule):
         report = eng.cartel.update(updates, ids) if eng.cartel is not None else None
         in_cartel = report.member if report is not None else torch.zeros(n, dtype=torch.bool)
         violation = ~trusted | in_cartel
-        rep = eng.reputation.update(ids, composite, violation, marked=own_mark)
+        switched, switch_failed = self._switch_flags(results)
+        rep = eng.reputation.update(
+            ids,
+            composite,
+            violation,
+            marked=own_mark,
+            switched=switched,
+            switch_failed=switch_failed,
+        )
         eligible = trusted & ~rep.quarantined
         flagged = ~eligible | in_cartel
 
@@ -496,6 +517,7 @@ class MATLRule(AggregationRule):
             "decision": decision.as_dict(),
             "reputation": rep.reputation.tolist(),
             "quarantined": [c for c, q in zip(ids, rep.quarantined.tolist(), strict=True) if q],
+            "held": [c for c, h in zip(ids, rep.held.tolist(), strict=True) if h],
             "cartels": report.cartels if report is not None else [],
             "fallback": fallback,
         }
@@ -560,7 +582,8 @@ class MATLRule(AggregationRule):
             results["tcdm"] = tcdm(updates, ctx)
             pogqs = [s for n, s in eng.signals.items() if n == "pogq"] + eng.validator_signals
             if self.restart_on_switch and pogqs:
-                switched = results["tcdm"].raw["consistency_z"] > tcdm.temporal.z0
+                switched = self._switches(results)
+                assert switched is not None
                 gone = [c for c, s in zip(ids, switched.tolist(), strict=True) if s]
                 for sig in pogqs:
                     sig.forget(gone)
@@ -568,6 +591,25 @@ class MATLRule(AggregationRule):
             if name not in results:
                 results[name] = sig(updates, ctx)
         return results
+
+    def _switches(self, results: dict[str, SignalResult]) -> torch.Tensor | None:
+        """``(n,)`` bool: the clients whose temporal consistency fails this round (:math:`z_i >
+        z_0`, their update turned away from their own history; ``None`` without TCDM)."""
+        tcdm = self._engine.signals.get("tcdm")
+        if tcdm is None or "tcdm" not in results:
+            return None
+        switched: torch.Tensor = results["tcdm"].raw["consistency_z"] > tcdm.temporal.z0
+        return switched
+
+    def _switch_flags(
+        self, results: dict[str, SignalResult]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The switches (:meth:`_switches`) and, of them, those whose temporal score itself is at
+        most ``attack_signature`` (failed outright; every switch without a signature)."""
+        switched = self._switches(results)
+        if switched is None or self.attack_signature is None:
+            return switched, None
+        return switched, results["tcdm"].raw["temporal"] <= self.attack_signature
 
     def _validator_reports(
         self,
@@ -635,6 +677,8 @@ class MATLRule(AggregationRule):
                 "quarantine", rep.recent_violations, self.max_violations, ~rep.quarantined
             )
         )
+        if self.switch_hold is not None:
+            extra.append(ReasonColumn.of("switch", rep.switch_streak, self.switch_hold, ~rep.held))
         return verdicts(ids, composite, decision, evidence, extra, (~flagged).tolist())
 
     # -------------------------------------------------------------------------------- state
