@@ -260,10 +260,13 @@ def test_a_lasting_switch_holds_the_client(honest_rounds: Rounds, hold: int | No
             assert reasons["switch"]["passed"] == (not held_rounds[-1])
     assert not any(held_rounds[:4]) and not any(flagged[:4])
     if hold is None:
-        assert not any(held_rounds)
+        assert not any(held_rounds) and rule.held([0, 1]) == []
     else:
         first = held_rounds.index(True)
         assert first <= 6 and all(held_rounds[first:]) and all(flagged[first:])
+        assert rule.held([0, 1, 99]) == [0]
+        rule.release([0])
+        assert rule.held([0]) == []
 
 
 @pytest.mark.parametrize("restart", [True, False])

@@ -26,7 +26,9 @@ One round, for updates :math:`u_1, \dots, u_n` (deltas from the global model):
    near-identical for several rounds; members are flagged and their weight is multiplied by
    ``cartel_weight``.
 5. **Reputation.** :class:`~matl.trust.reputation.ReputationBook` updates each client's
-   :math:`r_i` (a violation = not trusted, or in a cartel) and quarantines repeat offenders.
+   :math:`r_i` (a violation = not trusted, or in a cartel) and quarantines repeat offenders; a
+   client whose temporal test fails in ``switch_hold`` consecutive rounds, once outright, is held
+   in quarantine until released by hand.
 6. **Weights.** Eligible clients are those trusted and not quarantined; their weight is
 
    .. math::
@@ -66,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -720,6 +723,16 @@ class MATLRule(AggregationRule):
             eng.cartel.load_state_dict(state.get("cartel", {}))
         if eng.committee is not None and state.get("committee"):
             eng.committee.load_state_dict(state["committee"])
+
+    def held(self, client_ids: Sequence[int]) -> list[int]:
+        """The clients among ``client_ids`` that are held (see ``switch_hold``)."""
+        flags = self._engine.reputation.held(client_ids)
+        return [c for c, h in zip(client_ids, flags.tolist(), strict=True) if h]
+
+    def release(self, client_ids: Sequence[int]) -> None:
+        """Release held or quarantined clients by hand (an operator's decision; see
+        :meth:`~matl.trust.reputation.ReputationBook.release`); unknown ids are ignored."""
+        self._engine.reputation.release(client_ids)
 
     def reset(self) -> None:
         """Forget all state: signals, reputations, cartel counts, validator reputations."""
