@@ -645,12 +645,15 @@ def test_fast_path_fused_consensus_matches_the_two_pass_one(
     assert 0 < int(chosen.sum()) < u.shape[0]
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
 def test_split_fast_path_scores_as_the_single_pass(
-    honest_rounds: Rounds, monkeypatch: pytest.MonkeyPatch
+    honest_rounds: Rounds, monkeypatch: pytest.MonkeyPatch, fraction: float
 ) -> None:
     """Cutting the fast path's pass into chunks (a large matrix) changes rounding only: over three
-    rounds with harmful updates, every score and raw value agrees with the single pass."""
-    single, split = PoGQSignal(path="fast"), PoGQSignal(path="fast")
+    rounds with harmful updates, every score and raw value agrees with the single pass — with the
+    fused consensus sum (``consensus_fraction`` 1) and without it (the plain split products)."""
+    single = PoGQSignal(path="fast", consensus_fraction=fraction)
+    split = PoGQSignal(path="fast", consensus_fraction=fraction)
     for u, ctx in honest_rounds(3):
         u = u.clone()
         u[:3] = -u[:3]
