@@ -272,10 +272,12 @@ def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
     assert torch.equal(ra.scores, rb.scores)
     assert not torch.equal(ra.raw["running_evidence"], rf.raw["running_evidence"])
     assert not torch.equal(ra.raw["running_consensus"], rf.raw["running_consensus"])
-    for key in ("mean", "weight", "cos", "cos_weight"):
+    for key in ("mean", "weight", "cos", "cos_weight", "credit"):
         assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert a.state_dict()["scale"] == b.state_dict()["scale"]
-    assert set(a.state_dict()) == {"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}
+    assert set(a.state_dict()) == {
+        "client_ids", "mean", "weight", "cos", "cos_weight", "credit", "scale"
+    }  # fmt: skip
     a.reset()
     assert a.state_dict()["client_ids"] == []
     assert a.state_dict()["scale"] == [0.0, 0.0]
@@ -318,6 +320,8 @@ def test_loads_state_saved_before_the_consensus_term() -> None:
         ({"scale": [0.5, 0.2]}, "scale"),
         ({"scale": [-0.1, 0.2]}, "scale"),
         ({"scale": 3}, "scale"),
+        ({"credit": [0.5]}, "shapes"),
+        ({"credit": [float("nan"), 0.1]}, "finite"),
     ],
 )
 def test_load_state_rejects_bad_state(change: dict[str, object], match: str) -> None:
@@ -665,3 +669,33 @@ def test_split_fast_path_scores_as_the_single_pass(
         for key in ("delta", "consensus_cosine", "running_consensus"):
             assert torch.allclose(a.raw[key], b.raw[key], atol=1e-6, equal_nan=True), key
         assert bool((a.scores < 0.5).any())  # the harmful updates are scored as such
+
+
+def test_a_good_record_earns_the_wider_consensus_tolerance(honest_rounds: Rounds) -> None:
+    """``consensus_credit``: a client whose running consensus cosine once reached half the typical
+    cosine is mapped with ``credited_tolerance``; a client against the consensus from its first
+    round never is, and :meth:`forget` (a switch) takes the credit away."""
+    sig = PoGQSignal(path="fast", consensus_credit=0.5, credited_tolerance=0.8)
+    plain = PoGQSignal(path="fast")
+    for rnd, (u, ctx) in enumerate(honest_rounds(6)):
+        u = u.clone()
+        u[0] = -u[0]  # against the consensus from round 0
+        if rnd >= 3:
+            u[1] = -u[1]  # turns after three rounds with the consensus
+        res, ref = sig(u, ctx), plain(u, ctx)
+    credited = res.raw["credited"].bool()
+    assert not bool(credited[0]) and bool(credited[1]) and bool(credited[2:].all())
+    assert not bool(ref.raw["credited"].bool().any())  # off by default in the class
+    ratio = res.raw["running_consensus"] / res.raw["consensus_scale"]
+    for i in (0, 1):
+        lam = 0.8 if bool(credited[i]) else sig.consensus_tolerance
+        expected = float(((ratio[i] + lam) / (sig.consensus_reference + lam)).clamp(0.0, 1.0))
+        assert float(res.raw["consensus_score"][i]) == pytest.approx(expected)
+    assert float(res.raw["consensus_score"][1]) >= float(ref.raw["consensus_score"][1])
+    sig.forget([1])
+    u, ctx = next(honest_rounds(1))
+    u = u.clone()
+    u[1] = -u[1]
+    assert not bool(sig(u, ctx).raw["credited"][1])
+    with pytest.raises(ConfigError, match="credited_tolerance"):
+        PoGQSignal(consensus_tolerance=0.5, credited_tolerance=0.4)

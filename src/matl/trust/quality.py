@@ -326,6 +326,8 @@ class PoGQSignal:
     consensus_tolerance: float = 0.4
     consensus_memory: float = 0.9
     consensus_harm_memory: float | None = 0.8
+    consensus_credit: float | None = None
+    credited_tolerance: float = 0.8
     chunk_elements: int = 1 << 24
     _state: _Evidence = field(
         default_factory=lambda: _Evidence(), init=False, repr=False, compare=False
@@ -362,6 +364,11 @@ class PoGQSignal:
                 high_open=True,
             )
         check_number("pogq", "chunk_elements", self.chunk_elements, low=1, integer=True)
+        if self.consensus_credit is not None:
+            check_number("pogq", "consensus_credit", self.consensus_credit, low=0.0, low_open=True)
+        check_number(
+            "pogq", "credited_tolerance", self.credited_tolerance, low=self.consensus_tolerance
+        )
 
     def resolve_path(self, n: int, d: int, batch: int) -> Literal["exact", "fast"]:
         """The path used for ``n`` updates of ``d`` parameters and a validation batch of ``batch``
@@ -405,8 +412,9 @@ class PoGQSignal:
         evidence = self.normalise(guarded)
         cosine = self.consensus_cosines(updates, norms, evidence, ratio, partial)
         running, running_cos, known, scale = self._remember(keys, evidence, cosine)
+        credited = self._credit(keys, running_cos, known, scale)
         quality = self.map_scores(running)
-        consensus = self.map_consensus(running_cos, known, scale, running)
+        consensus = self.map_consensus(running_cos, known, scale, running, credited)
         scores = torch.minimum(quality, consensus) * guard
         return SignalResult(
             scores=scores,
@@ -425,6 +433,7 @@ class PoGQSignal:
                 "consensus_scale": torch.full_like(running, scale),
                 "quality_score": quality,
                 "consensus_score": consensus,
+                "credited": credited.to(torch.float64),
             },
         )
 
@@ -476,15 +485,20 @@ class PoGQSignal:
         known: torch.Tensor,
         scale: float,
         running_evidence: torch.Tensor,
+        credited: torch.Tensor | None = None,
     ) -> torch.Tensor:
         r"""Consensus scores :math:`\operatorname{clip}((\bar c / C + \lambda_c)/(\beta_c +
         \lambda_c), 0, 1)` of running cosines :math:`\bar c` in units of the running typical
-        cosine :math:`C` (see the class). 1 for a client whose running evidence is at least
-        :math:`\beta` (its own good evidence outranks the consensus) or who has no consensus
+        cosine :math:`C` (see the class), with ``credited_tolerance`` in place of
+        :math:`\lambda_c` for the ``credited`` clients. 1 for a client whose running evidence is at
+        least :math:`\beta` (its own good evidence outranks the consensus) or who has no consensus
         cosine yet, and for everyone when the consensus is off or :math:`C \le 0`."""
         if self.consensus_fraction == 0 or not scale > 0:
             return torch.ones_like(running_cos)
-        beta, lam = self.consensus_reference, self.consensus_tolerance
+        beta = self.consensus_reference
+        lam = torch.full_like(running_cos, self.consensus_tolerance)
+        if credited is not None:
+            lam = torch.where(credited, self.credited_tolerance, lam)
         mapped = ((running_cos / scale + lam) / (beta + lam)).clamp(0.0, 1.0)
         exempt = ~known | (running_evidence >= self.reference_fraction)
         return torch.where(exempt, 1.0, mapped)
@@ -534,6 +548,23 @@ class PoGQSignal:
         running_cos = running_value(st.cos, st.cos_weight, rows, 0.0)
         scale = st.scale[0] / st.scale[1] if st.scale[1] > 0 else 0.0
         return st.mean[rows] / st.weight[rows], running_cos, known, scale
+
+    def _credit(
+        self, keys: list[int], running_cos: torch.Tensor, known: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        r"""``(n,)`` bool: the clients credited this round — whose running consensus cosine has
+        reached ``consensus_credit`` typical cosines (:math:`\bar c_i / C`) in some round since
+        they were last forgotten (this round included). Each client's best :math:`\bar c_i / C`
+        is kept in the state."""
+        st = self._state
+        rows = torch.tensor([st.index[k] for k in keys], dtype=torch.long)
+        st.credit = grow(st.credit, len(st.index), 0.0)
+        if scale > 0:
+            now = torch.where(known, running_cos / scale, 0.0)
+            st.credit[rows] = torch.maximum(st.credit[rows], now)
+        if self.consensus_credit is None:
+            return torch.zeros(len(keys), dtype=torch.bool)
+        return st.credit[rows] >= self.consensus_credit
 
     def _exact(
         self,
@@ -623,12 +654,15 @@ class PoGQSignal:
             idx = torch.tensor(rows, dtype=torch.long)
             for t in (st.mean, st.weight, st.cos, st.cos_weight):
                 t[idx] = 0.0
+            st.credit = grow(st.credit, len(st.index), 0.0)
+            st.credit[idx] = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}``: the ids in row
-        order; their biased moving averages of evidence :math:`m_i` and its bias corrections
+        """``{"client_ids", "mean", "weight", "cos", "cos_weight", "credit", "scale"}``: the ids in
+        row order; their biased moving averages of evidence :math:`m_i` and its bias corrections
         (:math:`1 - \\prod_s a_s`); the same for the consensus cosines (over the rounds that had a
-        consensus); and ``[biased typical cosine, its correction]`` (copies)."""
+        consensus); each client's best running cosine in units of :math:`C` (``credit``); and
+        ``[biased typical cosine, its correction]`` (copies)."""
         st = self._state
         return {
             "client_ids": list(st.index),
@@ -636,6 +670,7 @@ class PoGQSignal:
             "weight": st.weight.clone(),
             "cos": st.cos.clone(),
             "cos_weight": st.cos_weight.clone(),
+            "credit": grow(st.credit, len(st.index), 0.0).clone(),
             "scale": list(st.scale),
         }
 
@@ -650,12 +685,15 @@ class PoGQSignal:
             n_old = len(state_client_ids("pogq", state["client_ids"]))
             state = {**state, "cos": [0.0] * n_old, "cos_weight": [0.0] * n_old}
             state["scale"] = [0.0, 0.0]
-        keys = {"client_ids", "mean", "weight", "cos", "cos_weight", "scale"}
+        if "credit" not in state and "client_ids" in state:
+            # saved before the consensus credit: nobody is credited
+            state = {**state, "credit": [0.0] * len(state["client_ids"])}
+        keys = {"client_ids", "mean", "weight", "cos", "cos_weight", "credit", "scale"}
         check_state_keys("pogq", state, keys)
         ids = state_client_ids("pogq", state["client_ids"])
         rows = {
             k: torch.as_tensor(state[k], dtype=torch.float64).clone()
-            for k in ("mean", "weight", "cos", "cos_weight")
+            for k in ("mean", "weight", "cos", "cos_weight", "credit")
         }
         if any(v.shape != (len(ids),) for v in rows.values()):
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in rows.items())
@@ -675,6 +713,7 @@ class PoGQSignal:
         st.index = {c: i for i, c in enumerate(ids)}
         st.mean, st.weight = rows["mean"], rows["weight"]
         st.cos, st.cos_weight, st.scale = rows["cos"], cw, scale
+        st.credit = rows["credit"]
 
     def reset(self) -> None:
         """Forget every client's evidence and consensus history, and the consensus scale."""
@@ -684,6 +723,7 @@ class PoGQSignal:
         st.weight = torch.zeros(0, dtype=torch.float64)
         st.cos = torch.zeros(0, dtype=torch.float64)
         st.cos_weight = torch.zeros(0, dtype=torch.float64)
+        st.credit = torch.zeros(0, dtype=torch.float64)
         st.scale = [0.0, 0.0]
 
 
@@ -707,6 +747,8 @@ class _Evidence:
     weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     cos: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     cos_weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    #: Each client's best running cosine in units of :math:`C` since it was last forgotten.
+    credit: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: ``[biased moving average of the typical cosine, its bias correction]``.
     scale: list[float] = field(default_factory=lambda: [0.0, 0.0])
 

@@ -106,7 +106,15 @@ __all__ = ["DEFAULT_SIGNAL_PARAMS", "SIGNALS", "MATLRule", "build_signal"]
 #: about one round in ten had such a client; the composite then flagged it). Attacks that the
 #: distance term alone catches sit at z ≥ 20; sign flips and boosts are caught by the direction and
 #: length terms anyway.
-DEFAULT_SIGNAL_PARAMS: dict[str, dict[str, Any]] = {"peer": {"distance_z0": 8.0}}
+#: PoGQ's consensus credit (``consensus_credit`` 0.5): a client whose running consensus cosine
+#: once reached half the typical cosine is judged with the wider ``credited_tolerance`` 0.8 — an
+#: honest rare-label client drifts slowly from +1 to −0.2…−0.45 late in training, while sign and
+#: label flippers point against the consensus from their first round (``docs/trust.md``, "A
+#: credit for a good record").
+DEFAULT_SIGNAL_PARAMS: dict[str, dict[str, Any]] = {
+    "peer": {"distance_z0": 8.0},
+    "pogq": {"consensus_credit": 0.5},
+}
 
 #: Signal name → (module, class) of its implementation.
 SIGNALS: dict[str, tuple[str, str]] = {
