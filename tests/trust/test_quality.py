@@ -15,6 +15,7 @@ from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import PoGQSignal, Signal
 from matl.trust.base import SignalResult
 from matl.trust.quality import _PartialConsensus, validation_losses
+from matl.trust.rule import MATLRule, build_signal
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
 Rounds = Callable[..., Iterator[tuple[torch.Tensor, RoundContext]]]
@@ -699,3 +700,25 @@ def test_a_good_record_earns_the_wider_consensus_tolerance(honest_rounds: Rounds
     assert not bool(sig(u, ctx).raw["credited"][1])
     with pytest.raises(ConfigError, match="credited_tolerance"):
         PoGQSignal(consensus_tolerance=0.5, credited_tolerance=0.4)
+
+
+def test_the_engines_tighter_tolerance_fails_a_mildly_opposed_client(honest_rounds: Rounds) -> None:
+    """The engine's ``consensus_tolerance`` 0.1 (with the credit): a client whose updates lean
+    slightly against the consensus from its first round — a fifth of its own update reversed,
+    plus noise of the same length — earns no credit and scores 0, where the stand-alone
+    tolerance 0.4 leaves it a partial score; the honest clients keep 1."""
+    params = MATLRule(mode=1).resolved_signal_params()["pogq"]
+    engine = build_signal("pogq", {**params, "path": "fast"})
+    assert (engine.consensus_tolerance, engine.consensus_credit) == (0.1, 0.5)
+    alone = PoGQSignal(path="fast", consensus_credit=0.5)
+    g = torch.Generator().manual_seed(5)
+    for u, ctx in honest_rounds(6):
+        u = u.clone()
+        noise = torch.randn(u.shape[1], generator=g)
+        u[0] = -0.2 * u[0] + noise / noise.norm() * u[0].norm()
+        res, ref = engine(u, ctx), alone(u, ctx)
+    ratio = float(res.raw["running_consensus"][0] / res.raw["consensus_scale"][0])
+    assert -0.4 < ratio < -0.1  # between the two tolerances
+    assert not bool(res.raw["credited"][0])
+    assert float(res.scores[0]) == 0.0 < float(ref.scores[0])
+    assert bool((res.scores[1:] == 1.0).all())

@@ -292,6 +292,8 @@ def test_a_switch_restarts_the_pogq_history(honest_rounds: Rounds, restart: bool
     if restart:
         assert all(max(p) < 0.375 for p in sleepers)  # failing from the switch round on
         assert float(state["cos_weight"][:6].max()) < float(state["cos_weight"][6:].min())
+        # the switch takes the consensus credit too
+        assert float(state["credit"][:6].max()) < 0.5 <= float(state["credit"][6:].min())
     else:
         assert min(sleepers[0]) > 0.9  # the honest history still vouches in the switch round
 

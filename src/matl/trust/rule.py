@@ -110,10 +110,13 @@ __all__ = ["DEFAULT_SIGNAL_PARAMS", "SIGNALS", "MATLRule", "build_signal"]
 #: once reached half the typical cosine is judged with the wider ``credited_tolerance`` 0.8 — an
 #: honest rare-label client drifts slowly from +1 to −0.2…−0.45 late in training, while sign and
 #: label flippers point against the consensus from their first round (``docs/trust.md``, "A
-#: credit for a good record").
+#: credit for a good record"). A client without the credit is judged with the tighter
+#: ``consensus_tolerance`` 0.1 instead of the signal's stand-alone 0.4: its consensus score falls
+#: to 0 at a running cosine of −0.1 typical cosines (calibration seeds 10–19: label and sign flip
+#: detection up, the false-positive rate unchanged; "A tighter tolerance for the uncredited").
 DEFAULT_SIGNAL_PARAMS: dict[str, dict[str, Any]] = {
     "peer": {"distance_z0": 8.0},
-    "pogq": {"consensus_credit": 0.5},
+    "pogq": {"consensus_credit": 0.5, "consensus_tolerance": 0.1},
 }
 
 #: Signal name → (module, class) of its implementation.
@@ -255,7 +258,8 @@ class MATLRule(AggregationRule):
         client after it (default ``True``). Without it a sleeper that flips after honest rounds
         keeps a passing PoGQ score for several rounds while its running values catch up. On the
         calibration seeds (10 and 11, 45 % sleepers) sleeper detection went from 0.69 to 0.79;
-        the other calibration runs were unchanged but for noise (``docs/trust.md``).
+        the other calibration runs were unchanged but for noise (``docs/trust.md``). PoGQ's
+        consensus credit goes with the history.
     switch_hold:
         A client whose temporal consistency fails in this many consecutive participations
         (default 2; ``None`` = never), in one of them outright (temporal score at most
