@@ -273,11 +273,19 @@ def test_state_round_trip_and_reset(honest_rounds: Rounds) -> None:
     assert torch.equal(ra.scores, rb.scores)
     assert not torch.equal(ra.raw["running_evidence"], rf.raw["running_evidence"])
     assert not torch.equal(ra.raw["running_consensus"], rf.raw["running_consensus"])
-    for key in ("mean", "weight", "cos", "cos_weight", "credit"):
+    for key in ("mean", "weight", "cos", "cos_weight", "credit", "low", "vouched"):
         assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert a.state_dict()["scale"] == b.state_dict()["scale"]
     assert set(a.state_dict()) == {
-        "client_ids", "mean", "weight", "cos", "cos_weight", "credit", "scale"
+        "client_ids",
+        "mean",
+        "weight",
+        "cos",
+        "cos_weight",
+        "credit",
+        "low",
+        "vouched",
+        "scale",
     }  # fmt: skip
     a.reset()
     assert a.state_dict()["client_ids"] == []
@@ -323,6 +331,9 @@ def test_loads_state_saved_before_the_consensus_term() -> None:
         ({"scale": 3}, "scale"),
         ({"credit": [0.5]}, "shapes"),
         ({"credit": [float("nan"), 0.1]}, "finite"),
+        ({"low": [0.0]}, "shapes"),
+        ({"low": [-0.5, 0.1]}, "low"),
+        ({"vouched": [1.0, 0.5]}, "vouched"),
     ],
 )
 def test_load_state_rejects_bad_state(change: dict[str, object], match: str) -> None:
@@ -700,6 +711,41 @@ def test_a_good_record_earns_the_wider_consensus_tolerance(honest_rounds: Rounds
     assert not bool(sig(u, ctx).raw["credited"][1])
     with pytest.raises(ConfigError, match="credited_tolerance"):
         PoGQSignal(consensus_tolerance=0.5, credited_tolerance=0.4)
+
+
+def test_a_client_against_the_consensus_before_any_credit_stays_blemished(
+    honest_rounds: Rounds,
+) -> None:
+    """``consensus_blemish``: a client that flips its updates for its first three rounds and then
+    sends honest ones keeps a consensus score of 0 (its later good evidence does not exempt it),
+    where without the blemish it is scored 1 again; honest clients are never blemished,
+    :meth:`forget` clears the blemish, and a client credited once is not blemished after a
+    forget."""
+    marked = PoGQSignal(path="fast", consensus_credit=0.5, consensus_blemish=0.5)
+    plain = PoGQSignal(path="fast", consensus_credit=0.5)
+    for rnd, (u, ctx) in enumerate(honest_rounds(12)):
+        u = u.clone()
+        if rnd < 3:
+            u[0] = -u[0]
+        res, ref = marked(u, ctx), plain(u, ctx)
+        if rnd == 0:
+            assert float(res.raw["running_consensus"][0]) < -0.5 * float(
+                res.raw["consensus_scale"][0]
+            )
+    assert float(ref.scores[0]) == 1.0  # the history has recovered ...
+    assert bool(res.raw["blemished"][0]) and float(res.scores[0]) == 0.0  # ... the record not
+    assert not bool(res.raw["blemished"][1:].any())
+    assert torch.equal(res.scores[1:], ref.scores[1:])
+    marked.forget([0, 1])
+    for u, ctx in honest_rounds(3):
+        u = u.clone()
+        u[1] = -u[1]  # credited once: a forget and a reversal after it leave no blemish
+        after = marked(u, ctx)
+        assert not bool(after.raw["blemished"][:2].any())
+    assert float(after.scores[1]) == 0.0  # it still fails on the consensus itself
+    with pytest.raises(ConfigError, match="consensus_blemish"):
+        PoGQSignal(consensus_blemish=-0.1)
+    assert MATLRule(mode=1).resolved_signal_params()["pogq"]["consensus_blemish"] == 0.5
 
 
 def test_the_engines_tighter_tolerance_fails_a_mildly_opposed_client(honest_rounds: Rounds) -> None:

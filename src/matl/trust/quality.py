@@ -292,6 +292,20 @@ class PoGQSignal:
     consensus_harm_memory:
         Memory for cosines below the running one, in ``[0, 1)`` (capped at ``consensus_memory``);
         ``None``: the same as ``consensus_memory``.
+    consensus_credit:
+        A client whose running cosine :math:`\bar c_i / C` has reached this many typical cosines
+        since it was last forgotten is *credited* and judged with ``credited_tolerance`` in place
+        of :math:`\lambda_c` (an honest client drifts slowly away from the consensus late in
+        training; flippers point against it from their first round). ``None`` (the default
+        here; the trust engine sets 0.5): nobody is credited.
+    credited_tolerance:
+        :math:`\lambda_c` for credited clients, at least ``consensus_tolerance``.
+    consensus_blemish:
+        A client whose :math:`\bar c_i / C` fell to ``-consensus_blemish`` before it was ever
+        credited is *blemished* until it is forgotten, a later credit notwithstanding: its
+        consensus score is 0 and its evidence no longer exempts it (a rare-label sign flipper starts near :math:`-C` and later sends flipped
+        updates that help the validation loss; honest clients are credited in their first
+        rounds). ``None`` (the default): nobody is blemished.
     chunk_elements:
         Budget (entries) of one chunk's parameters and activations on the exact path.
 
@@ -328,6 +342,7 @@ class PoGQSignal:
     consensus_harm_memory: float | None = 0.8
     consensus_credit: float | None = None
     credited_tolerance: float = 0.8
+    consensus_blemish: float | None = None
     chunk_elements: int = 1 << 24
     _state: _Evidence = field(
         default_factory=lambda: _Evidence(), init=False, repr=False, compare=False
@@ -369,6 +384,8 @@ class PoGQSignal:
         check_number(
             "pogq", "credited_tolerance", self.credited_tolerance, low=self.consensus_tolerance
         )
+        if self.consensus_blemish is not None:
+            check_number("pogq", "consensus_blemish", self.consensus_blemish, low=0.0)
 
     def resolve_path(self, n: int, d: int, batch: int) -> Literal["exact", "fast"]:
         """The path used for ``n`` updates of ``d`` parameters and a validation batch of ``batch``
@@ -412,9 +429,10 @@ class PoGQSignal:
         evidence = self.normalise(guarded)
         cosine = self.consensus_cosines(updates, norms, evidence, ratio, partial)
         running, running_cos, known, scale = self._remember(keys, evidence, cosine)
-        credited = self._credit(keys, running_cos, known, scale)
+        credited, blemished = self._record(keys, running_cos, known, scale)
         quality = self.map_scores(running)
         consensus = self.map_consensus(running_cos, known, scale, running, credited)
+        consensus = torch.where(blemished, 0.0, consensus)
         scores = torch.minimum(quality, consensus) * guard
         return SignalResult(
             scores=scores,
@@ -434,6 +452,7 @@ class PoGQSignal:
                 "quality_score": quality,
                 "consensus_score": consensus,
                 "credited": credited.to(torch.float64),
+                "blemished": blemished.to(torch.float64),
             },
         )
 
@@ -549,22 +568,36 @@ class PoGQSignal:
         scale = st.scale[0] / st.scale[1] if st.scale[1] > 0 else 0.0
         return st.mean[rows] / st.weight[rows], running_cos, known, scale
 
-    def _credit(
+    def _record(
         self, keys: list[int], running_cos: torch.Tensor, known: torch.Tensor, scale: float
-    ) -> torch.Tensor:
-        r"""``(n,)`` bool: the clients credited this round — whose running consensus cosine has
-        reached ``consensus_credit`` typical cosines (:math:`\bar c_i / C`) in some round since
-        they were last forgotten (this round included). Each client's best :math:`\bar c_i / C`
-        is kept in the state."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Two ``(n,)`` bools: the clients *credited* this round — whose running consensus
+        cosine has reached ``consensus_credit`` typical cosines (:math:`\bar c_i / C`) in some
+        round since they were last forgotten (this round included) — and the clients
+        *blemished* — whose :math:`\bar c_i / C` fell to ``-consensus_blemish`` before they were
+        ever credited (a forget does not undo a credit here), in some round since they were last
+        forgotten; a later credit does not lift it. Each client's best :math:`\bar c_i / C` since
+        it was last forgotten, whether it was ever credited, and its lowest :math:`\bar c_i / C`
+        before that are kept in the state."""
         st = self._state
         rows = torch.tensor([st.index[k] for k in keys], dtype=torch.long)
-        st.credit = grow(st.credit, len(st.index), 0.0)
-        if scale > 0:
-            now = torch.where(known, running_cos / scale, 0.0)
+        size = len(st.index)
+        st.credit, st.low = grow(st.credit, size, 0.0), grow(st.low, size, 0.0)
+        st.vouched = grow(st.vouched, size, 0.0)
+        now = torch.where(known, running_cos / scale, 0.0) if scale > 0 else None
+        if now is not None:
             st.credit[rows] = torch.maximum(st.credit[rows], now)
         if self.consensus_credit is None:
-            return torch.zeros(len(keys), dtype=torch.bool)
-        return st.credit[rows] >= self.consensus_credit
+            credited = torch.zeros(len(keys), dtype=torch.bool)
+        else:
+            credited = st.credit[rows] >= self.consensus_credit
+            st.vouched[rows] = torch.where(credited, 1.0, st.vouched[rows])
+        if now is not None:  # the record before any credit
+            fresh = st.vouched[rows] == 0
+            st.low[rows] = torch.where(fresh, torch.minimum(st.low[rows], now), st.low[rows])
+        if self.consensus_blemish is None:
+            return credited, torch.zeros(len(keys), dtype=torch.bool)
+        return credited, st.low[rows] <= -self.consensus_blemish
 
     def _exact(
         self,
@@ -655,13 +688,18 @@ class PoGQSignal:
             for t in (st.mean, st.weight, st.cos, st.cos_weight):
                 t[idx] = 0.0
             st.credit = grow(st.credit, len(st.index), 0.0)
+            st.low = grow(st.low, len(st.index), 0.0)
             st.credit[idx] = 0.0
+            st.low[idx] = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"client_ids", "mean", "weight", "cos", "cos_weight", "credit", "scale"}``: the ids in
+        """``{"client_ids", "mean", "weight", "cos", "cos_weight", "credit", "low", "vouched",
+        "scale"}``: the ids in
         row order; their biased moving averages of evidence :math:`m_i` and its bias corrections
         (:math:`1 - \\prod_s a_s`); the same for the consensus cosines (over the rounds that had a
-        consensus); each client's best running cosine in units of :math:`C` (``credit``); and
+        consensus); each client's best running cosine in units of :math:`C` since it was last
+        forgotten (``credit``), its lowest before it was ever credited (``low``, at most 0) and
+        whether it was ever credited (``vouched``, 0 or 1); and
         ``[biased typical cosine, its correction]`` (copies)."""
         st = self._state
         return {
@@ -671,6 +709,8 @@ class PoGQSignal:
             "cos": st.cos.clone(),
             "cos_weight": st.cos_weight.clone(),
             "credit": grow(st.credit, len(st.index), 0.0).clone(),
+            "low": grow(st.low, len(st.index), 0.0).clone(),
+            "vouched": grow(st.vouched, len(st.index), 0.0).clone(),
             "scale": list(st.scale),
         }
 
@@ -688,18 +728,36 @@ class PoGQSignal:
         if "credit" not in state and "client_ids" in state:
             # saved before the consensus credit: nobody is credited
             state = {**state, "credit": [0.0] * len(state["client_ids"])}
-        keys = {"client_ids", "mean", "weight", "cos", "cos_weight", "credit", "scale"}
+        for key in ("low", "vouched"):
+            if key not in state and "client_ids" in state:
+                # saved before the blemish: nobody is blemished or vouched for
+                state = {**state, key: [0.0] * len(state["client_ids"])}
+        keys = {
+            "client_ids",
+            "mean",
+            "weight",
+            "cos",
+            "cos_weight",
+            "credit",
+            "low",
+            "vouched",
+            "scale",
+        }
         check_state_keys("pogq", state, keys)
         ids = state_client_ids("pogq", state["client_ids"])
         rows = {
             k: torch.as_tensor(state[k], dtype=torch.float64).clone()
-            for k in ("mean", "weight", "cos", "cos_weight", "credit")
+            for k in ("mean", "weight", "cos", "cos_weight", "credit", "low", "vouched")
         }
         if any(v.shape != (len(ids),) for v in rows.values()):
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in rows.items())
             raise ValueError(f"pogq: state has {len(ids)} client ids but shapes {shapes}")
         if not all(bool(torch.isfinite(v).all()) for v in rows.values()):
             raise ValueError("pogq: state evidence must be finite")
+        if not bool((rows["low"] <= 0).all()):
+            raise ValueError("pogq: state low must be <= 0")
+        if not bool(((rows["vouched"] == 0) | (rows["vouched"] == 1)).all()):
+            raise ValueError("pogq: state vouched must be 0 or 1")
         if not bool(((rows["weight"] > 0) & (rows["weight"] <= 1)).all()):
             raise ValueError("pogq: state weights must be in (0, 1]")
         bound = self.evidence_clip * rows["weight"] * (1 + 1e-12)
@@ -713,7 +771,7 @@ class PoGQSignal:
         st.index = {c: i for i, c in enumerate(ids)}
         st.mean, st.weight = rows["mean"], rows["weight"]
         st.cos, st.cos_weight, st.scale = rows["cos"], cw, scale
-        st.credit = rows["credit"]
+        st.credit, st.low, st.vouched = rows["credit"], rows["low"], rows["vouched"]
 
     def reset(self) -> None:
         """Forget every client's evidence and consensus history, and the consensus scale."""
@@ -724,6 +782,8 @@ class PoGQSignal:
         st.cos = torch.zeros(0, dtype=torch.float64)
         st.cos_weight = torch.zeros(0, dtype=torch.float64)
         st.credit = torch.zeros(0, dtype=torch.float64)
+        st.low = torch.zeros(0, dtype=torch.float64)
+        st.vouched = torch.zeros(0, dtype=torch.float64)
         st.scale = [0.0, 0.0]
 
 
@@ -749,6 +809,11 @@ class _Evidence:
     cos_weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: Each client's best running cosine in units of :math:`C` since it was last forgotten.
     credit: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    #: Each client's lowest running cosine in units of :math:`C` (at most 0) before it was ever
+    #: credited, since it was last forgotten.
+    low: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    #: 1 for a client that was ever credited (a forget keeps it), else 0.
+    vouched: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: ``[biased moving average of the typical cosine, its bias correction]``.
     scale: list[float] = field(default_factory=lambda: [0.0, 0.0])
 

@@ -114,9 +114,13 @@ __all__ = ["DEFAULT_SIGNAL_PARAMS", "SIGNALS", "MATLRule", "build_signal"]
 #: ``consensus_tolerance`` 0.1 instead of the signal's stand-alone 0.4: its consensus score falls
 #: to 0 at a running cosine of −0.1 typical cosines (calibration seeds 10–19: label and sign flip
 #: detection up, the false-positive rate unchanged; "A tighter tolerance for the uncredited").
+#: And a client whose running consensus fell to −0.5 typical cosines before it was ever credited
+#: is blemished (``consensus_blemish`` 0.5): its consensus score stays 0 whatever its evidence,
+#: until a switch forgets it — a rare-label sign flipper whose flipped updates come to help the
+#: validation loss late in training ("A blemish for a bad start").
 DEFAULT_SIGNAL_PARAMS: dict[str, dict[str, Any]] = {
     "peer": {"distance_z0": 8.0},
-    "pogq": {"consensus_credit": 0.5, "consensus_tolerance": 0.1},
+    "pogq": {"consensus_credit": 0.5, "consensus_tolerance": 0.1, "consensus_blemish": 0.5},
 }
 
 #: Signal name → (module, class) of its implementation.
