@@ -154,6 +154,23 @@ def test_quick_preset_expands() -> None:
     assert len(cells) >= 20
 
 
+def test_trust_calibration_example_uses_only_calibration_seeds() -> None:
+    """``examples/trust_calibration.toml``: 226 valid runs (every configuration builds its rule),
+    none on the benchmark's seeds 0-2, with the tolerance and blemish settings of docs/trust.md."""
+    from matl.sim import SimulationConfig
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "trust_calibration.toml"
+    cells = expand(load_matrix(path))
+    assert len(cells) == 226
+    settings = set()
+    for cell in cells:
+        cfg = SimulationConfig.model_validate(cell.config)
+        assert cfg.seed >= 10
+        pogq = cfg.defense_params["signal_params"]["pogq"]
+        settings.add((pogq["consensus_tolerance"], pogq["consensus_blemish"]))
+    assert settings == {(0.4, 1e9), (0.3, 1e9), (0.2, 1e9), (0.1, 1e9), (0.1, 0.5)}
+
+
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
     seeds = list(range(8))
