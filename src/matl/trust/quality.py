@@ -303,9 +303,10 @@ class PoGQSignal:
     consensus_blemish:
         A client whose :math:`\bar c_i / C` fell to ``-consensus_blemish`` before it was ever
         credited is *blemished* until it is forgotten, a later credit notwithstanding: its
-        consensus score is 0 and its evidence no longer exempts it (a rare-label sign flipper starts near :math:`-C` and later sends flipped
-        updates that help the validation loss; honest clients are credited in their first
-        rounds). ``None`` (the default): nobody is blemished.
+        consensus score is 0 and its evidence no longer exempts it (a rare-label sign flipper
+        starts near :math:`-C` and later sends flipped updates that help the validation loss;
+        honest clients are credited in their first rounds). ``None`` (the default): nobody is
+        blemished.
     chunk_elements:
         Budget (entries) of one chunk's parameters and activations on the exact path.
 
@@ -680,7 +681,9 @@ class PoGQSignal:
         """Drop the running evidence and consensus cosine of ``client_ids`` (unknown ids are
         ignored): their next participation is judged as a first one. The trust engine calls this
         when a client's temporal consistency shows a switch of behaviour, so that a history
-        earned before the switch does not vouch for the client after it."""
+        earned before the switch does not vouch for the client after it. The consensus credit and
+        a blemish go too (a client that changes its behaviour starts a new record); whether it
+        was ever credited stays, so a client credited once is not blemished later."""
         st = self._state
         rows = [st.index[c] for c in client_ids if c in st.index]
         if rows:
@@ -694,8 +697,7 @@ class PoGQSignal:
 
     def state_dict(self) -> dict[str, Any]:
         """``{"client_ids", "mean", "weight", "cos", "cos_weight", "credit", "low", "vouched",
-        "scale"}``: the ids in
-        row order; their biased moving averages of evidence :math:`m_i` and its bias corrections
+        "scale"}``: the ids in row order; their biased moving averages of evidence :math:`m_i` and its bias corrections
         (:math:`1 - \\prod_s a_s`); the same for the consensus cosines (over the rounds that had a
         consensus); each client's best running cosine in units of :math:`C` since it was last
         forgotten (``credit``), its lowest before it was ever credited (``low``, at most 0) and
@@ -725,12 +727,9 @@ class PoGQSignal:
             n_old = len(state_client_ids("pogq", state["client_ids"]))
             state = {**state, "cos": [0.0] * n_old, "cos_weight": [0.0] * n_old}
             state["scale"] = [0.0, 0.0]
-        if "credit" not in state and "client_ids" in state:
-            # saved before the consensus credit: nobody is credited
-            state = {**state, "credit": [0.0] * len(state["client_ids"])}
-        for key in ("low", "vouched"):
+        for key in ("credit", "low", "vouched"):
             if key not in state and "client_ids" in state:
-                # saved before the blemish: nobody is blemished or vouched for
+                # saved before the consensus credit or the blemish: nobody credited or blemished
                 state = {**state, key: [0.0] * len(state["client_ids"])}
         keys = {
             "client_ids",
