@@ -53,6 +53,10 @@ _FUSED_BLOCK_ELEMENTS = 1 << 19
 #: The same when the pass is split over the cores (:mod:`matl.aggregation.products`): 8 MB of
 #: float32 per block (measured best of 0.5, 1, 2 M entries at n = 1000, d = 10⁵ on 2 cores).
 _SPLIT_BLOCK_ELEMENTS = 1 << 21
+#: The per-client rows of a saved state; with ``client_ids`` and ``scale``, all of its keys. Rows
+#: added after the first release load as zeros from an older state.
+_STATE_ROWS = ("mean", "weight", "cos", "cos_weight", "credit", "low", "vouched")
+_ADDED_ROWS = ("credit", "low", "vouched")
 
 
 @dataclass(frozen=True)
@@ -305,8 +309,9 @@ class PoGQSignal:
         credited is *blemished* until it is forgotten, a later credit notwithstanding: its
         consensus score is 0 and its evidence no longer exempts it (a rare-label sign flipper
         starts near :math:`-C` and later sends flipped updates that help the validation loss;
-        honest clients are credited in their first rounds). ``None`` (the default): nobody is
-        blemished.
+        honest clients are credited in their first rounds). Meant with ``consensus_credit``:
+        without it nobody is ever credited, and every client that falls that low is blemished.
+        ``None`` (the default): nobody is blemished.
     chunk_elements:
         Budget (entries) of one chunk's parameters and activations on the exact path.
 
@@ -727,27 +732,13 @@ class PoGQSignal:
             n_old = len(state_client_ids("pogq", state["client_ids"]))
             state = {**state, "cos": [0.0] * n_old, "cos_weight": [0.0] * n_old}
             state["scale"] = [0.0, 0.0]
-        for key in ("credit", "low", "vouched"):
+        for key in _ADDED_ROWS:
             if key not in state and "client_ids" in state:
                 # saved before the consensus credit or the blemish: nobody credited or blemished
                 state = {**state, key: [0.0] * len(state["client_ids"])}
-        keys = {
-            "client_ids",
-            "mean",
-            "weight",
-            "cos",
-            "cos_weight",
-            "credit",
-            "low",
-            "vouched",
-            "scale",
-        }
-        check_state_keys("pogq", state, keys)
+        check_state_keys("pogq", state, {"client_ids", "scale", *_STATE_ROWS})
         ids = state_client_ids("pogq", state["client_ids"])
-        rows = {
-            k: torch.as_tensor(state[k], dtype=torch.float64).clone()
-            for k in ("mean", "weight", "cos", "cos_weight", "credit", "low", "vouched")
-        }
+        rows = {k: torch.as_tensor(state[k], dtype=torch.float64).clone() for k in _STATE_ROWS}
         if any(v.shape != (len(ids),) for v in rows.values()):
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in rows.items())
             raise ValueError(f"pogq: state has {len(ids)} client ids but shapes {shapes}")
