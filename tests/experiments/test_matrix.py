@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,21 +155,40 @@ def test_quick_preset_expands() -> None:
     assert len(cells) >= 20
 
 
-def test_trust_calibration_example_uses_only_calibration_seeds() -> None:
-    """``examples/trust_calibration.toml``: 226 valid runs (every configuration builds its rule),
-    none on the benchmark's seeds 0-2, with the tolerance and blemish settings of docs/trust.md."""
+def _calibration_configs(name: str) -> list[Any]:
+    """The validated configs of ``examples/<name>`` (every configuration builds its rule), each
+    checked to be off the benchmark's seeds 0-2."""
     from matl.sim import SimulationConfig
 
-    path = Path(__file__).resolve().parents[2] / "examples" / "trust_calibration.toml"
-    cells = expand(load_matrix(path))
-    assert len(cells) == 226
+    path = Path(__file__).resolve().parents[2] / "examples" / name
+    configs = [SimulationConfig.model_validate(c.config) for c in expand(load_matrix(path))]
+    assert all(cfg.seed >= 10 for cfg in configs)
+    return configs
+
+
+def test_trust_calibration_example_uses_only_calibration_seeds() -> None:
+    """``examples/trust_calibration.toml``: 226 valid runs, none on the benchmark's seeds 0-2,
+    with the tolerance and blemish settings of docs/trust.md."""
+    configs = _calibration_configs("trust_calibration.toml")
+    assert len(configs) == 226
     settings = set()
-    for cell in cells:
-        cfg = SimulationConfig.model_validate(cell.config)
-        assert cfg.seed >= 10
+    for cfg in configs:
         pogq = cfg.defense_params["signal_params"]["pogq"]
         settings.add((pogq["consensus_tolerance"], pogq["consensus_blemish"]))
     assert settings == {(0.4, 1e9), (0.3, 1e9), (0.2, 1e9), (0.1, 1e9), (0.1, 0.5)}
+
+
+def test_mode0_calibration_example_uses_only_calibration_seeds() -> None:
+    """``examples/trust_calibration_mode0.toml``: 232 valid runs, none on the benchmark's seeds
+    0-2, with the three arms of docs/trust.md's "Mode 0: a record of direction"."""
+    configs = _calibration_configs("trust_calibration_mode0.toml")
+    assert len(configs) == 232
+    arms = {
+        str(cfg.defense_params.get("signal_params", {}).get("peer"))
+        for cfg in configs
+        if cfg.defense == "matl"
+    }
+    assert arms == {"{'record': False}", "{'uncredited_shift': 0.0}", "None"}
 
 
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from matl.aggregation.base import RoundContext
 from matl.aggregation.median import coordinate_median
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import PeerSignal, Signal
+from matl.trust._util import median
 from matl.trust.peer import robust_center
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
@@ -240,3 +241,99 @@ def test_reference_keeps_everyone_when_fewer_than_three_would_remain() -> None:
     u = _cartel_round(n_honest=2, n_cartel=7)
     res = PeerSignal()(u)
     assert res.raw["in_reference"].tolist() == [1.0] * 9
+
+
+# ------------------------------------------------------------------------ the record of direction
+def test_record_blemishes_a_client_reversed_from_the_start(honest_rounds: Rounds) -> None:
+    """A client that points against the crowd in its first round is blemished at once and stays
+    so; honest clients are credited at once and never blemished. The blemish does not change
+    the score (it is the engine's verdict, not the round's)."""
+    sig, plain = PeerSignal(record=True), PeerSignal()
+    for rnd, (u, ctx) in enumerate(honest_rounds(8, scheme="dirichlet")):
+        if rnd < 3:
+            u[0] = -u[0]  # reversed in its first three rounds, honest afterwards
+        res = sig(u, ctx)
+        assert res.raw["blemished"].tolist() == [1.0] + [0.0] * 19
+        assert bool((res.raw["credited"][1:] == 1).all())
+        if rnd == 0:  # one observation: the running value is the round's, the scores the same
+            assert torch.allclose(res.scores, plain(u, ctx).scores)
+            assert float(res.raw["running_direction"][0]) < -0.5
+
+
+def test_a_credited_client_is_judged_on_its_running_direction(honest_rounds: Rounds) -> None:
+    """One reversed update late in an honest record: the stateless signal scores it low, the
+    record reads the client's running direction and lets it pass."""
+    sig, plain = PeerSignal(record=True), PeerSignal()
+    for rnd, (u, ctx) in enumerate(honest_rounds(8, scheme="dirichlet")):
+        if rnd == 7:
+            u[0] = -u[0]
+        res, ref = sig(u, ctx), plain(u, ctx)
+    assert float(ref.scores[0]) < 0.1
+    assert res.raw["credited"][0] == 1.0 and float(res.raw["running_direction"][0]) > 0.5
+    assert float(res.scores[0]) > 0.7
+    assert res.raw["blemished"][0] == 0.0
+
+
+def test_uncredited_shift(honest_rounds: Rounds) -> None:
+    """A client not (yet) credited reads ``x_i - s`` in its direction term; without a blemish
+    the record reports none."""
+    u, ctx = next(honest_rounds(1, scheme="dirichlet"))
+    g = torch.Generator().manual_seed(3)
+    u[0] = 0.4 * u[0] + torch.randn(u.shape[1], generator=g, dtype=u.dtype) * float(u[0].norm())
+    res = PeerSignal(record=True, uncredited_shift=0.5)(u, ctx)
+    typical = median(res.raw["cosine"][res.raw["in_reference"] > 0])
+    x = res.raw["cosine"] / typical
+    uncredited = res.raw["credited"] == 0
+    assert bool(uncredited[0]) and not bool(uncredited[1:].any())
+    expected = (0.5 + (x - 0.5) / (2 * 0.5)).clamp(0, 1)
+    assert torch.allclose(res.raw["cosine_term"][uncredited], expected[uncredited])
+    credited_term = (0.5 + x / (2 * 0.5)).clamp(0, 1)
+    assert torch.allclose(res.raw["cosine_term"][~uncredited], credited_term[~uncredited])
+    assert "blemished" not in PeerSignal(record=True, blemish=None)(u, ctx).raw
+
+
+def test_forget_clears_the_blemish(honest_rounds: Rounds) -> None:
+    sig = PeerSignal(record=True)
+    rounds = list(honest_rounds(3, scheme="dirichlet"))
+    u, ctx = rounds[0]
+    u[0] = -u[0]
+    assert sig(u, ctx).raw["blemished"][0] == 1.0
+    sig.forget([0, 12345])
+    for u, ctx in rounds[1:]:
+        res = sig(u, ctx)
+    assert res.raw["blemished"][0] == 0.0 and res.raw["credited"][0] == 1.0
+
+
+def test_record_state_round_trip(honest_rounds: Rounds) -> None:
+    rounds = list(honest_rounds(4, scheme="dirichlet"))
+    a = PeerSignal(record=True)
+    for u, ctx in rounds[:3]:
+        u[:2] = -u[:2]
+        a(u, ctx)
+    b = PeerSignal(record=True)
+    b.load_state_dict(a.state_dict())
+    u, ctx = rounds[3]
+    ra, rb = a(u, ctx), b(u, ctx)
+    assert torch.equal(ra.scores, rb.scores)
+    assert all(torch.equal(ra.raw[k], rb.raw[k]) for k in ra.raw)
+    assert ra.raw["blemished"][:2].tolist() == [1.0, 1.0]
+    a.reset()
+    assert a.state_dict()["client_ids"] == []
+    with pytest.raises(ValueError, match="keys"):
+        b.load_state_dict({"client_ids": [1]})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"record": True, "blemish": -0.1},
+        {"credit": 0.0},
+        {"uncredited_shift": -1.0},
+        {"record": True, "record_memory": 1.0},
+        {"record": True, "record_harm_memory": -0.5},
+        {"record": 1},
+    ],
+)
+def test_record_config_errors(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        PeerSignal(**kwargs)  # type: ignore[arg-type]

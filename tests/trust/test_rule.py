@@ -131,10 +131,16 @@ def test_sign_flippers_are_flagged_with_reasons(honest_rounds: Rounds, mode: int
         assert bad["client_id"] == 0 and not bad["trusted"]
         reasons = {r["signal"]: r for r in bad["reasons"]}
         oracle = {"oracle"} if mode == 1 else set()  # PoGQ's own verdict
+        blemish = {"blemish"} if mode == 0 else set()  # peer comparison's record of direction
         assert (
             set(reasons)
-            == {primary, "tcdm", "entropy", "composite", "cartel", "quarantine", "switch"} | oracle
+            == {primary, "tcdm", "entropy", "composite", "cartel", "quarantine", "switch"}
+            | oracle
+            | blemish
         )
+        if mode == 0:  # reversed from their first round: blemished at once
+            assert not reasons["blemish"]["passed"] and reasons["blemish"]["threshold"] == -0.5
+            assert reasons["blemish"]["value"] <= -0.5
         assert not reasons[primary]["passed"] and reasons[primary]["value"] == 0.0
         if mode == 1:
             assert not reasons["oracle"]["passed"] and reasons["oracle"]["value"] == 0.0
@@ -494,19 +500,25 @@ def test_a_mild_lone_outlier_is_not_an_attack_but_a_failed_signal_is() -> None:
     """Mode 0, one round: a client pointing slightly away from the crowd (peer score 0.33,
     composite 0.73) is cut by the two-cluster split without the attack-signature guard, and not
     with it (default 0.1): no client failed a signal outright. One pointing clearly away (peer
-    score 0) is flagged either way."""
+    score 0) is flagged either way. (Judged as a credited client, ``uncredited_shift`` 0: in its
+    first round the engine judges a client half a typical cosine more strictly, and this one
+    fails outright — see the end.)"""
+    lenient = {"peer": {"uncredited_shift": 0.0}}
     u, ctx = _round_with_outlier(-0.15)
-    res = MATLRule(mode=0)(u, ctx)
+    res = MATLRule(mode=0, signal_params=lenient)(u, ctx)
     assert res.details is not None
     peer = next(r for r in res.details["verdicts"][-1]["reasons"] if r["signal"] == "peer")
     assert 0.1 < peer["value"] < 0.375  # precondition: a mild outlier, below the safe score
     assert not res.flagged.any() and res.details["decision"]["signed"] is False
     assert res.weights[-1] < res.weights[:-1].min()  # still weighted down by its composite
     assert res.flagged.tolist() == [False] * 19 + [False]
-    unguarded = MATLRule(mode=0, attack_signature=None)(u, ctx)
+    unguarded = MATLRule(mode=0, attack_signature=None, signal_params=lenient)(u, ctx)
     assert unguarded.flagged.tolist() == [False] * 19 + [True]
+    strict = MATLRule(mode=0)(u, ctx)  # uncredited: direction term cos/c̄ - 0.5 + 0.5 <= 0
+    assert strict.details is not None and strict.details["decision"]["signed"] is True
+    assert strict.flagged.tolist() == [False] * 19 + [True]
     u, ctx = _round_with_outlier(-0.6)
-    res = MATLRule(mode=0)(u, ctx)
+    res = MATLRule(mode=0, signal_params=lenient)(u, ctx)
     assert res.details is not None and res.details["decision"]["signed"] is True
     assert res.flagged.tolist() == [False] * 19 + [True]
 
@@ -514,3 +526,31 @@ def test_a_mild_lone_outlier_is_not_an_attack_but_a_failed_signal_is() -> None:
 def test_attack_signature_is_validated() -> None:
     with pytest.raises(ConfigError, match="signature"):
         MATLRule(attack_signature=2.0)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_switch_clears_the_peer_blemish(honest_rounds: Rounds, restart: bool) -> None:
+    """Mode 0: six clients send their updates reversed from the first round (blemished at once,
+    reason ``blemish``), then mend their ways in round 5. TCDM's temporal test sees the switch;
+    with ``restart_on_switch`` the peer record forgets them, so the blemish goes and their
+    honest rounds count, instead of keeping them out for good."""
+    rule = MATLRule(mode=0, restart_on_switch=restart)
+    blemish: list[list[bool]] = []
+    for rnd, (u, ctx) in enumerate(honest_rounds(10, scheme="dirichlet")):
+        if rnd < 5:
+            u[:6] = -u[:6]
+        res = rule(u, ctx)
+        assert res.details is not None
+        verdicts = res.details["verdicts"]
+        blemish.append(
+            [not r["passed"] for v in verdicts for r in v["reasons"] if r["signal"] == "blemish"]
+        )
+    assert all(all(b[:6]) and not any(b[6:]) for b in blemish[:5])
+    state = rule._engine.signals["peer"].state_dict()
+    assert float(state["vouched"][6:].min()) == 1.0  # the honest clients are vouched for
+    if restart:
+        assert not any(any(b) for b in blemish[5:])  # the switch round forgot it
+        assert float(state["low"][:6].min()) == 0.0
+    else:
+        assert all(all(b[:6]) for b in blemish[5:])  # kept for good
+        assert float(state["low"][:6].max()) <= -0.5

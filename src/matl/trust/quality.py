@@ -43,6 +43,7 @@ from matl.trust._util import (
     unique_keys,
 )
 from matl.trust.base import SignalResult
+from matl.trust.record import mark_standing
 
 __all__ = ["PoGQSignal", "validation_losses"]
 
@@ -591,19 +592,15 @@ class PoGQSignal:
         st.credit, st.low = grow(st.credit, size, 0.0), grow(st.low, size, 0.0)
         st.vouched = grow(st.vouched, size, 0.0)
         now = torch.where(known, running_cos / scale, 0.0) if scale > 0 else None
-        if now is not None:
-            st.credit[rows] = torch.maximum(st.credit[rows], now)
-        if self.consensus_credit is None:
-            credited = torch.zeros(len(keys), dtype=torch.bool)
-        else:
-            credited = st.credit[rows] >= self.consensus_credit
-            st.vouched[rows] = torch.where(credited, 1.0, st.vouched[rows])
-        if now is not None:  # the record before any credit
-            fresh = st.vouched[rows] == 0
-            st.low[rows] = torch.where(fresh, torch.minimum(st.low[rows], now), st.low[rows])
-        if self.consensus_blemish is None:
-            return credited, torch.zeros(len(keys), dtype=torch.bool)
-        return credited, st.low[rows] <= -self.consensus_blemish
+        return mark_standing(
+            st.credit,
+            st.low,
+            st.vouched,
+            rows,
+            now,
+            self.consensus_credit,
+            self.consensus_blemish,
+        )
 
     def _exact(
         self,

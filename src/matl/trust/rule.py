@@ -118,8 +118,16 @@ __all__ = ["DEFAULT_SIGNAL_PARAMS", "SIGNALS", "MATLRule", "build_signal"]
 #: is blemished (``consensus_blemish`` 0.5): its consensus score stays 0 whatever its evidence,
 #: until a switch forgets it — a rare-label sign flipper whose flipped updates come to help the
 #: validation loss late in training ("A blemish for a bad start").
+#: Peer comparison keeps the same kind of record of direction (``record``, ``blemish`` 0.5,
+#: ``uncredited_shift`` 0.5): a client whose running cosine to the median once reached half the
+#: typical cosine is judged on that running value, one that has not is judged half a typical
+#: cosine more strictly, and one whose running value fell to −0.5 before it was ever credited is
+#: not trusted until a switch forgets it — late in training on non-IID data an honest update's
+#: cosine to the others' median is about 0, so a sign flipper can only be told apart in its first
+#: rounds, and a single late cosine says little about an honest client (docs/trust.md, "Mode 0:
+#: a record of direction").
 DEFAULT_SIGNAL_PARAMS: dict[str, dict[str, Any]] = {
-    "peer": {"distance_z0": 8.0},
+    "peer": {"distance_z0": 8.0, "record": True, "blemish": 0.5, "uncredited_shift": 0.5},
     "pogq": {"consensus_credit": 0.5, "consensus_tolerance": 0.1, "consensus_blemish": 0.5},
 }
 
@@ -256,14 +264,15 @@ class MATLRule(AggregationRule):
     fallback:
         What to return when nobody is eligible: ``"skip"`` (zero aggregate) or ``"median"``.
     restart_on_switch:
-        When TCDM and PoGQ are both in use, a client whose temporal consistency fails this round
+        When TCDM is in use, a client whose temporal consistency fails this round
         (:math:`z_i > z_0`: its update turned away from its own history) loses its PoGQ history
         before PoGQ scores it, so that evidence earned before a switch does not vouch for the
         client after it (default ``True``). Without it a sleeper that flips after honest rounds
         keeps a passing PoGQ score for several rounds while its running values catch up. On the
         calibration seeds (10 and 11, 45 % sleepers) sleeper detection went from 0.69 to 0.79;
         the other calibration runs were unchanged but for noise (``docs/trust.md``). PoGQ's
-        consensus credit goes with the history.
+        consensus credit goes with the history, and so does peer comparison's record of direction
+        (its credit and blemish).
     switch_hold:
         A client whose temporal consistency fails in this many consecutive participations
         (default 2; ``None`` = never), in one of them outright (temporal score at most
@@ -486,6 +495,9 @@ class MATLRule(AggregationRule):
         oracle = self._oracle_verdict(evidence_signals, weights, lowest, marked, rule)
         if oracle is not None:
             trusted = trusted & ~oracle.flagged
+        blemished = _raw_flag(results, "peer", "blemished")
+        if blemished is not None:
+            trusted = trusted & ~blemished
 
         report = eng.cartel.update(updates, ids) if eng.cartel is not None else None
         in_cartel = report.member if report is not None else torch.zeros(n, dtype=torch.bool)
@@ -529,6 +541,7 @@ class MATLRule(AggregationRule):
             flagged,
             oracle,
             evidence_signals,
+            results,
         )
         details: dict[str, Any] = {
             "mode": self.mode,
@@ -593,18 +606,20 @@ class MATLRule(AggregationRule):
     ) -> dict[str, SignalResult]:
         """Every signal's result, TCDM's first: with ``restart_on_switch``, the clients whose
         temporal consistency fails this round (:math:`z_i > z_0`, a switch of behaviour) lose
-        their PoGQ history before PoGQ scores them (see :meth:`PoGQSignal.forget`)."""
+        their PoGQ history and peer record before those score them (see :meth:`PoGQSignal.forget`
+        and :meth:`PeerSignal.forget`)."""
         eng = self._engine
         results: dict[str, SignalResult] = {}
         tcdm = eng.signals.get("tcdm")
         if tcdm is not None:
             results["tcdm"] = tcdm(updates, ctx)
-            pogqs = [s for n, s in eng.signals.items() if n == "pogq"] + eng.validator_signals
-            if self.restart_on_switch and pogqs:
+            records = [s for n, s in eng.signals.items() if n in ("pogq", "peer")]
+            records += eng.validator_signals
+            if self.restart_on_switch and records:
                 switched = self._switches(results)
                 assert switched is not None
                 gone = [c for c, s in zip(ids, switched.tolist(), strict=True) if s]
-                for sig in pogqs:
+                for sig in records:
                     sig.forget(gone)
         for name, sig in eng.signals.items():
             if name not in results:
@@ -673,16 +688,23 @@ class MATLRule(AggregationRule):
         flagged: torch.Tensor,
         oracle: ThresholdDecision | None = None,
         signals: dict[str, SignalResult | torch.Tensor] | None = None,
+        results: dict[str, SignalResult] | None = None,
     ) -> VerdictTable:
         """Verdicts with the composite's reasons plus ``oracle`` (PoGQ against its own cut, when
         the oracle verdict applies), ``committee`` (support against the quorum), ``cartel``
         (cartel size against ``cartel_min_size``) and ``quarantine`` (recent violations against
-        ``max_violations``)."""
+        ``max_violations``), and ``blemish`` (peer comparison's running direction against
+        ``-blemish``, when the peer signal keeps a record with a blemish)."""
         extra: list[ReasonColumn] = []
         if oracle is not None and signals is not None:
             value = signals["pogq"]
             scores = value.scores if isinstance(value, SignalResult) else value
             extra.append(ReasonColumn.of("oracle", scores, oracle.threshold, ~oracle.flagged))
+        blemished = _raw_flag(results or {}, "peer", "blemished")
+        if blemished is not None and results is not None:
+            level = self._engine.signals["peer"].blemish
+            running = results["peer"].raw["running_direction"]
+            extra.append(ReasonColumn.of("blemish", running, -level, ~blemished))
         if committee is not None:
             extra.append(
                 ReasonColumn.of("committee", committee.support, self.quorum, committee.trusted)
@@ -761,6 +783,14 @@ class MATLRule(AggregationRule):
             eng.cartel.reset()
         if eng.committee is not None:
             eng.committee.reset()
+
+
+def _raw_flag(results: dict[str, SignalResult], signal: str, key: str) -> torch.Tensor | None:
+    """``results[signal].raw[key]`` as an ``(n,)`` bool, or ``None`` when it is not there."""
+    res = results.get(signal)
+    if res is None or key not in res.raw:
+        return None
+    return res.raw[key] > 0
 
 
 def _state(sig: Any) -> dict[str, Any]:
