@@ -331,6 +331,8 @@ def test_record_state_round_trip(honest_rounds: Rounds) -> None:
         {"uncredited_shift": -1.0},
         {"record": True, "record_memory": 1.0},
         {"record": True, "record_harm_memory": -0.5},
+        {"blemish": -0.1},  # checked while the record is off too
+        {"record_memory": 1.5},
         {"record": 1},
     ],
 )

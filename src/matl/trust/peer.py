@@ -157,9 +157,8 @@ class PeerSignal:
       (reason ``blemish``). The blemish is a verdict on the client's record, not a score of the
       round's update, so it leaves the score alone.
 
-    Honest clients reach :math:`v_i \approx 1` in their first round (the lowest honest
-    :math:`x_i` of round 0 was +0.77 on those runs), so they are credited at once and never
-    blemished; sign flippers start near −1 and are blemished in their first round; label
+    Every honest client of those runs was credited in its first round (the lowest honest
+    :math:`x_i` of round 0 on the 20 % sign-flip run was +0.77), so none was ever blemished; sign flippers start near −1 and are blemished in their first round; label
     flippers start between 0 and 0.3 and fall below 0, so the stricter uncredited term catches
     them from their second round; a sleeper is credited by its honest phase, loses the credit
     at its switch and is caught by the temporal test. The record judges a client by its first
@@ -256,18 +255,18 @@ class PeerSignal:
         if self.sketch_dim is not None:
             check_number("peer", "sketch_dim", self.sketch_dim, low=1, integer=True)
         check_number("peer", "seed", self.seed, low=0, integer=True)
-        check_number("peer", "credit", self.credit, low=0.0, low_open=True)
         check_number("peer", "uncredited_shift", self.uncredited_shift, low=0.0)
         if not isinstance(self.record, bool):
             raise ConfigError(f"peer: record must be a bool, got {self.record!r}")
+        # Built either way, so that its parameters are checked even while it is off.
+        record = DirectionRecord(
+            name="peer",
+            memory=self.record_memory,
+            harm_memory=self.record_harm_memory,
+            credit_level=self.credit,
+            blemish_level=self.blemish,
+        )
         if self.record:
-            record = DirectionRecord(
-                name="peer",
-                memory=self.record_memory,
-                harm_memory=self.record_harm_memory,
-                credit_level=self.credit,
-                blemish_level=self.blemish,
-            )
             object.__setattr__(self, "_record", record)
 
     def reference(self, updates: torch.Tensor) -> torch.Tensor:

@@ -613,7 +613,7 @@ class MATLRule(AggregationRule):
         tcdm = eng.signals.get("tcdm")
         if tcdm is not None:
             results["tcdm"] = tcdm(updates, ctx)
-            records = [s for n, s in eng.signals.items() if n in ("pogq", "peer")]
+            records = [s for s in eng.signals.values() if hasattr(s, "forget")]
             records += eng.validator_signals
             if self.restart_on_switch and records:
                 switched = self._switches(results)
@@ -700,7 +700,7 @@ class MATLRule(AggregationRule):
             value = signals["pogq"]
             scores = value.scores if isinstance(value, SignalResult) else value
             extra.append(ReasonColumn.of("oracle", scores, oracle.threshold, ~oracle.flagged))
-        blemished = _raw_flag(results or {}, "peer", "blemished")
+        blemished = _raw_flag(results, "peer", "blemished") if results is not None else None
         if blemished is not None and results is not None:
             level = self._engine.signals["peer"].blemish
             running = results["peer"].raw["running_direction"]
