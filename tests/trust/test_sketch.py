@@ -113,7 +113,7 @@ def test_sketch_cosines_are_shared_and_keep_angles() -> None:
     u[2] = 0.8 * u[0] + 0.6 * torch.randn(5000, generator=g, dtype=torch.float64)
     cos = sketch_cosines(u, 256, seed=1)
     assert sketch_cosines(u, 256, seed=1) is cos
-    assert cos[0, 1] == pytest.approx(1.0, abs=1e-9)
+    assert cos[0, 1] == pytest.approx(1.0, abs=1e-6)
     assert cos[0, 2] == pytest.approx(0.8, abs=0.1)
     torch.testing.assert_close(cos, pairwise_cosines(count_sketch(u, 256, seed=1)))
     v = torch.randn(3, 8, dtype=torch.float64, generator=g)  # small d: exact cosines

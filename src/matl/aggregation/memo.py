@@ -86,15 +86,20 @@ def round_memo(
 
 
 def round_norms(updates: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` float64 Euclidean norms of the rows of the floating ``updates``, computed in their
-    dtype (one pass, no ``(n, d)`` temporary) and shared for the round (:func:`round_memo`):
-    **read-only**. A row holding NaN or Inf has a non-finite norm; so does a finite row whose norm
-    overflows the dtype — callers that need to tell the two apart check those rows exactly.
+    """``(n,)`` float64 Euclidean norms of the rows of the floating ``updates`` (one pass, no
+    ``(n, d)`` temporary), shared for the round (:func:`round_memo`): **read-only**. A CPU
+    float32/float64 input is summed in float64 by the compiled kernel
+    (:func:`matl.aggregation.kernels.row_norms`, the same bits as the round sketch's pass, which
+    also fills this memo); any other in its own dtype. A row holding NaN or Inf has a non-finite
+    norm; so does a finite row whose norm overflows the summing dtype — callers that need to tell
+    the two apart check those rows exactly.
     """
-    return round_memo(
-        "norms",
-        updates,
-        None,
-        0,
-        lambda: torch.linalg.vector_norm(updates.detach(), dim=1).to(torch.float64),
-    )
+    from matl.aggregation.kernels import kernel_dtype, row_norms
+
+    def compute() -> torch.Tensor:
+        if kernel_dtype(updates):
+            return row_norms(updates)
+        norms: torch.Tensor = torch.linalg.vector_norm(updates.detach(), dim=1)
+        return norms.to(torch.float64)
+
+    return round_memo("norms", updates, None, 0, compute)

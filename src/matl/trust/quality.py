@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from matl.aggregation.base import RoundContext
+from matl.aggregation.kernels import gain_and_direction, kernel_dtype
 from matl.aggregation.products import map_chunks, parallel, row_dots, weighted_sum
 from matl.errors import ConfigError
 from matl.trust._util import (
@@ -654,6 +655,11 @@ class PoGQSignal:
             return -self.step * row_dots(work, g).to(torch.float64), None
         n, d = work.shape
         free = (ratio <= self.norm_guard) & (norms > 0)
+        if kernel_dtype(work):
+            inv64 = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0)
+            dots64, direction = gain_and_direction(work, g, inv64)
+            chosen = free & (dots64 < 0)  # Δ > 0 ⇔ gᵀu < 0 (η > 0)
+            return -self.step * dots64, _PartialConsensus(chosen, direction)
         inverse = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0).to(work.dtype)
         dots = torch.empty(n, dtype=work.dtype)
         chosen = torch.zeros(n, dtype=torch.bool)

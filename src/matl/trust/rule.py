@@ -95,6 +95,7 @@ from matl.trust.composite import (
 )
 from matl.trust.modes import check_mode
 from matl.trust.reputation import ReputationBook, ReputationUpdate
+from matl.trust.sketch import round_sketch
 from matl.trust.verdicts import ReasonColumn, VerdictTable
 
 __all__ = ["DEFAULT_SIGNAL_PARAMS", "SIGNALS", "MATLRule", "build_signal"]
@@ -452,6 +453,22 @@ class MATLRule(AggregationRule):
         return _Engine(signals, validator_signals, reputation, cartel, committee)
 
     # ------------------------------------------------------------------------------ the round
+    def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> AggregationResult:
+        """Validate and aggregate, as every rule does, after computing the round's shared sketch:
+        its one read of the updates also gives the row norms the input check reads
+        (:func:`matl.aggregation.kernels.sketch_and_norms`), so the check costs no pass of its
+        own. A malformed input is left to the check."""
+        temporal = getattr(self._engine.signals.get("tcdm"), "temporal", None)
+        if (
+            temporal is not None
+            and isinstance(updates, torch.Tensor)
+            and updates.ndim == 2
+            and updates.numel() > 0
+            and updates.is_floating_point()
+        ):
+            round_sketch(updates, temporal.sketch_dim, seed=temporal.seed)
+        return super().__call__(updates, ctx)
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n = updates.shape[0]
         ids = client_keys(n, ctx)

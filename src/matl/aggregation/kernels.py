@@ -1,0 +1,211 @@
+r"""Compiled row kernels: one read of each update row for several results at once.
+
+The trust engine's cost at scale is memory traffic: at :math:`n = 1000` clients and :math:`d =
+10^5` parameters the float32 update matrix is 400 MB, and every pass over it costs about as much
+as a row-norm pass (7–11 ms on the 2-core development host). PyTorch runs one operation per pass
+and cannot keep a row in cache between operations, so the round's count sketch
+(:mod:`matl.trust.sketch`: a signed multiply, a reduction and a scatter) cost 30–40 ms and the row
+norms another 7–11 ms. The kernels here are compiled with Numba (Lam, Pitrou, Seibert 2015,
+"Numba: a LLVM-based Python JIT compiler") and read each row once while it sits in the core's
+cache:
+
+* :func:`sketch_and_norms` — the round's count sketch and the float64 row norms together;
+* :func:`gain_and_direction` — PoGQ's fast path: every row's dot product with the validation
+  gradient and the sum of the unit directions of the rows it picks (see
+  :meth:`~matl.trust.quality.PoGQSignal._fast`).
+
+Rows are cut into the fixed chunks of :mod:`matl.aggregation.products` and the chunks run on its
+thread pool (the kernels release the GIL), so a result does not depend on the thread count. Sums
+within a row are accumulated in float64 (the sketch's runs in the input's dtype, as PyTorch's
+path does). Compilation happens on the first call of each input dtype (about a second) and is
+cached on disk.
+
+Measured (best of 9, :math:`n = 1000, d = 10^5`, float32, 2 cores): sketch and norms together
+17 ms against 36 + 11 ms for PyTorch's two passes; one dot product per row in the same pass adds
+about 4 ms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+from matl.aggregation.products import map_chunks, parallel
+
+__all__ = ["gain_and_direction", "kernel_dtype", "row_norms", "sketch_and_norms"]
+
+
+def kernel_dtype(x: torch.Tensor) -> bool:
+    """Whether the kernels take ``x``: a 2-D CPU float32 or float64 tensor whose rows are
+    contiguous (any other input takes the PyTorch path, which computes the same quantities up to
+    rounding)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.ndim == 2
+        and (x.shape[1] <= 1 or x.stride(1) == 1)
+    )
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _norm(row: np.ndarray) -> float:  # pragma: no cover - compiled
+    total = 0.0
+    for j in range(row.shape[0]):
+        v = np.float64(row[j])
+        total += v * v
+    return float(np.sqrt(total))
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _norm_rows(
+    x: np.ndarray, norms: np.ndarray, start: int, stop: int
+) -> None:  # pragma: no cover - compiled; exercised through row_norms
+    for i in range(start, stop):
+        norms[i] = _norm(x[i])
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _sketch_rows(
+    x: np.ndarray,
+    signs: np.ndarray,
+    buckets: np.ndarray,
+    out: np.ndarray,
+    norms: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:  # pragma: no cover - compiled; exercised through sketch_and_norms
+    d = x.shape[1]
+    m = buckets.shape[0]
+    runs = np.empty(m, dtype=x.dtype)
+    for i in range(start, stop):
+        row = x[i]
+        norms[i] = _norm(row)
+        runs[:] = 0.0
+        for a in range(0, d, m):
+            b = min(a + m, d)
+            part = row[a:b]
+            sign = signs[a:b]
+            for j in range(b - a):
+                runs[j] += sign[j] * part[j]
+        for w in range(m):
+            out[i, buckets[w]] += runs[w]
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _add_rows(
+    x: np.ndarray, picked: np.ndarray, scales: np.ndarray, count: int, direction: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """``direction += Σ scales[t] · x[picked[t]]`` over the first ``count`` (≤ 4) picks, in one
+    sweep of ``direction``."""
+    d = x.shape[1]
+    if count == 4:
+        r0, r1, r2, r3 = x[picked[0]], x[picked[1]], x[picked[2]], x[picked[3]]
+        s0, s1, s2, s3 = scales[0], scales[1], scales[2], scales[3]
+        for j in range(d):
+            direction[j] += (s0 * r0[j] + s1 * r1[j]) + (s2 * r2[j] + s3 * r3[j])
+    else:
+        for t in range(count):
+            row = x[picked[t]]
+            s = scales[t]
+            for j in range(d):
+                direction[j] += s * row[j]
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _gain_rows(
+    x: np.ndarray,
+    g: np.ndarray,
+    inverse: np.ndarray,
+    dots: np.ndarray,
+    direction: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:  # pragma: no cover - compiled; exercised through gain_and_direction
+    d = x.shape[1]
+    picked = np.empty(4, dtype=np.int64)
+    scales = np.empty(4, dtype=x.dtype)
+    count = 0
+    for i in range(start, stop):
+        row = x[i]
+        acc = 0.0
+        for j in range(d):
+            acc += np.float64(row[j]) * np.float64(g[j])
+        dots[i] = acc
+        if acc < 0.0 and inverse[i] > 0.0:
+            # Picked rows are added four at a time (one sweep of the direction per four rows,
+            # while they are still in cache).
+            picked[count] = i
+            scales[count] = inverse[i]
+            count += 1
+            if count == 4:
+                _add_rows(x, picked, scales, count, direction)
+                count = 0
+    _add_rows(x, picked, scales, count, direction)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().numpy()
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` float64 Euclidean norms of the rows of ``x`` (summed in float64; the same loop as
+    :func:`sketch_and_norms`, so the two give the same bits). ``x`` must satisfy
+    :func:`kernel_dtype`."""
+    n = x.shape[0]
+    norms = np.empty(n, dtype=np.float64)
+    xs = _numpy(x)
+
+    def piece(start: int, stop: int) -> None:
+        _norm_rows(xs, norms, start, stop)
+
+    map_chunks(n, piece, split=parallel(x))
+    return torch.from_numpy(norms)
+
+
+def sketch_and_norms(
+    x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(sketch (n, k) float64, norms (n,) float64)`` of the rows of ``x`` in one read.
+
+    ``signs`` (``(d,)``, ``x``'s dtype) and ``buckets`` (``(m,)`` int64, values in ``[0, k)``)
+    define the count sketch of :mod:`matl.trust.sketch`: coordinate :math:`j` belongs to run
+    :math:`j \bmod m`, and run :math:`w` is added to bucket ``buckets[w]`` with its coordinates'
+    signs. ``x`` must satisfy :func:`kernel_dtype`.
+    """
+    n, _ = x.shape
+    out = np.zeros((n, k), dtype=np.float64)
+    norms = np.empty(n, dtype=np.float64)
+    xs, sg, bk = _numpy(x), _numpy(signs), _numpy(buckets)
+
+    def piece(start: int, stop: int) -> None:
+        _sketch_rows(xs, sg, bk, out, norms, start, stop)
+
+    map_chunks(n, piece, split=parallel(x))
+    return torch.from_numpy(out), torch.from_numpy(norms)
+
+
+def gain_and_direction(
+    x: torch.Tensor, g: torch.Tensor, inverse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(dots (n,) float64, direction (d,))``: :math:`u_i^\top g` for every row, and
+    :math:`\sum_i \iota_i u_i` over the rows with :math:`u_i^\top g < 0` and :math:`\iota_i > 0`
+    (``inverse``, float64: PoGQ's :math:`1/\lVert u_i\rVert` of the rows it may pick, 0 for the
+    others), in ``x``'s dtype — in one read of each row. ``x`` must satisfy :func:`kernel_dtype`;
+    ``g`` is cast to ``x``'s dtype."""
+    n, d = x.shape
+    xs = _numpy(x)
+    gs = _numpy(g.detach().to(x.dtype).contiguous())
+    inv = _numpy(inverse.detach().to(torch.float64).contiguous())
+    dots = np.empty(n, dtype=np.float64)
+
+    def piece(start: int, stop: int) -> np.ndarray:
+        direction = np.zeros(d, dtype=xs.dtype)
+        _gain_rows(xs, gs, inv, dots, direction, start, stop)
+        return direction
+
+    parts = map_chunks(n, piece, split=parallel(x))
+    total = parts[0]
+    for more in parts[1:]:
+        total += more
+    return torch.from_numpy(dots), torch.from_numpy(total)

@@ -1,0 +1,123 @@
+"""The compiled row kernels agree with their definitions and with the PyTorch paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from matl.aggregation.kernels import gain_and_direction, kernel_dtype, row_norms, sketch_and_norms
+from matl.aggregation.memo import round_norms
+from matl.aggregation.products import PARALLEL_MIN_ELEMENTS
+from matl.trust.sketch import _plan, _torch_sketch, count_sketch, round_sketch
+
+
+def _definition(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The count sketch written out coordinate by coordinate: coordinate j is in run j mod m,
+    run w goes to bucket buckets[w] with the coordinate's sign."""
+    signs, buckets, _ = _plan(x.shape[1], k, seed)
+    m = buckets.numel()
+    bucket_of = buckets[torch.arange(x.shape[1]) % m]
+    out = torch.zeros(x.shape[0], k, dtype=torch.float64)
+    out.index_add_(1, bucket_of, x.to(torch.float64) * signs)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [700, 5003, 20000])
+def test_sketch_matches_its_definition_on_both_paths(dtype: torch.dtype, d: int) -> None:
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(7, d, generator=g, dtype=dtype)
+    want = _definition(x, 32, seed=3)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    compiled = count_sketch(x, 32, seed=3)
+    torch.testing.assert_close(compiled, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(_torch_sketch(x, 32, 3), want, rtol=tol, atol=tol)
+
+
+def test_a_strided_or_half_precision_input_takes_the_pytorch_path() -> None:
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(5, 2000, generator=g)
+    columns = wide.T.contiguous().T  # the same values, column-major
+    assert kernel_dtype(wide) and not kernel_dtype(columns)
+    assert not kernel_dtype(wide.half())
+    torch.testing.assert_close(
+        count_sketch(columns, 16), count_sketch(wide, 16), rtol=1e-4, atol=1e-4
+    )
+    half = count_sketch(wide.half(), 16)
+    assert half.dtype == torch.float64
+    torch.testing.assert_close(half, count_sketch(wide.half().float(), 16), rtol=1e-2, atol=1e-2)
+
+
+def test_norms_of_the_sketch_pass_are_the_round_norms_bit_for_bit() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 3000, generator=g)
+    signs, buckets, _ = _plan(3000, 64, 0)
+    _, norms = sketch_and_norms(x, signs.to(x.dtype), buckets, 64)
+    assert torch.equal(norms, row_norms(x))
+    torch.testing.assert_close(norms, torch.linalg.vector_norm(x.double(), dim=1))
+    # The round sketch fills the round's norm memo: the check reads these very values.
+    y = x.clone()
+    round_sketch(y, 64, seed=0)
+    assert torch.equal(round_norms(y), norms)
+
+
+def test_norms_of_non_finite_rows_are_not_finite() -> None:
+    x = torch.ones(4, 300)
+    x[1, 7] = float("nan")
+    x[2, 0] = float("inf")
+    n = row_norms(x)
+    assert torch.isfinite(n).tolist() == [True, False, False, True]
+    big = torch.full((1, 10), 1e30)  # float32 squares overflow; summed in float64 they do not
+    assert bool(torch.isfinite(row_norms(big)).all())
+
+
+def _gain_reference(
+    x: torch.Tensor, g: torch.Tensor, inverse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dots = x.double() @ g.double()
+    pick = (dots < 0) & (inverse > 0)
+    weights = torch.where(pick, inverse, 0.0)
+    return dots, (weights @ x.double()).to(x.dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 50])
+def test_gain_and_direction_match_the_products(rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 1001, generator=gen)
+    grad = torch.randn(1001, generator=gen)
+    inverse = torch.rand(rows, generator=gen, dtype=torch.float64)
+    inverse[::3] = 0.0  # rows that may not be picked
+    dots, direction = gain_and_direction(x, grad, inverse)
+    want_dots, want_direction = _gain_reference(x, grad, inverse)
+    torch.testing.assert_close(dots, want_dots, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(direction, want_direction, rtol=1e-4, atol=1e-4)
+    assert direction.dtype == x.dtype
+
+
+def test_large_inputs_split_into_chunks_give_the_same_results_with_any_thread_count() -> None:
+    gen = torch.Generator().manual_seed(5)
+    n = 64
+    d = PARALLEL_MIN_ELEMENTS // n + 17  # large enough to run in chunks
+    x = torch.randn(n, d, generator=gen)
+    grad = torch.randn(d, generator=gen)
+    inverse = torch.ones(n, dtype=torch.float64)
+    signs, buckets, _ = _plan(d, 128, 0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (
+            sketch_and_norms(x, signs.float(), buckets, 128),
+            gain_and_direction(x, grad, inverse),
+        )
+        torch.set_num_threads(2)
+        two = (
+            sketch_and_norms(x, signs.float(), buckets, 128),
+            gain_and_direction(x, grad, inverse),
+        )
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    want_dots, want_direction = _gain_reference(x, grad, inverse)
+    torch.testing.assert_close(one[1][0], want_dots, rtol=1e-9, atol=1e-6)
+    torch.testing.assert_close(one[1][1], want_direction, rtol=1e-4, atol=1e-3)
