@@ -139,7 +139,7 @@ def test_memo_sees_data_reassignment_and_skips_inference_tensors() -> None:
     assert b.shape == (6, 64) and torch.equal(b, count_sketch(x, 64))
     with torch.inference_mode():
         y = torch.randn(4, 3000)
-    torch.testing.assert_close(row_norms(y, "t"), torch.linalg.vector_norm(y, dim=1).double())
+    torch.testing.assert_close(row_norms(y, "t"), torch.linalg.vector_norm(y.double(), dim=1))
     assert torch.equal(round_sketch(y, 64), count_sketch(y, 64))
     del a
 

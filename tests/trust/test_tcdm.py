@@ -10,7 +10,7 @@ import torch
 from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import TCDM, CommunitySignal, Signal, TemporalSignal
-from matl.trust._util import robust_z
+from matl.trust._util import put_rows, robust_z, take_rows
 from matl.trust.base import FAILED
 from matl.trust.tcdm import pairwise_cosines
 
@@ -435,3 +435,30 @@ def test_community_is_stateless() -> None:
     sig.reset()
     with pytest.raises(ValueError):
         sig.load_state_dict({"x": 1})
+
+
+def test_rows_in_order_are_read_as_a_view_and_others_gathered() -> None:
+    table = torch.arange(12.0).reshape(6, 2)
+    span = take_rows(table, torch.tensor([2, 3, 4]))
+    assert span.data_ptr() == table[2].data_ptr()  # a view: no copy
+    torch.testing.assert_close(span, table[2:5])
+    picked = take_rows(table, torch.tensor([4, 1]))
+    torch.testing.assert_close(picked, torch.tensor([[8.0, 9.0], [2.0, 3.0]]))
+    gap = take_rows(table, torch.tensor([0, 2, 1]))  # same first and last span, not in order
+    torch.testing.assert_close(gap, table[[0, 2, 1]])
+    put_rows(table, torch.tensor([1, 2]), torch.zeros(2, 2))
+    put_rows(table, torch.tensor([5, 0]), torch.ones(2, 2))
+    assert table[:3].tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert table[5].tolist() == [1.0, 1.0]
+    assert take_rows(table, torch.zeros(0, dtype=torch.long)).shape == (0, 2)
+
+
+def test_temporal_history_is_the_same_whatever_the_order_of_the_clients() -> None:
+    g = torch.Generator().manual_seed(0)
+    rounds = [torch.randn(5, 40, generator=g, dtype=torch.float64) for _ in range(3)]
+    ordered, shuffled = TemporalSignal(sketch_dim=None), TemporalSignal(sketch_dim=None)
+    order = [3, 0, 4, 1, 2]
+    for u in rounds:
+        a = ordered(u, RoundContext(client_ids=tuple(range(5))))
+        b = shuffled(u[order], RoundContext(client_ids=tuple(order)))
+        torch.testing.assert_close(b.raw["consistency"], a.raw["consistency"][order])

@@ -179,6 +179,35 @@ def assign_rows(index: dict[int, int], keys: Sequence[int]) -> tuple[torch.Tenso
     return rows, torch.tensor(known, dtype=torch.bool)
 
 
+def _row_range(rows: torch.Tensor) -> tuple[int, int] | None:
+    """``(start, stop)`` when ``rows`` is ``start, start + 1, …, stop − 1`` (every client in its
+    usual order, the common case), else ``None``."""
+    n = int(rows.numel())
+    if n == 0:
+        return None
+    start = int(rows[0])
+    if int(rows[-1]) - start != n - 1 or (n > 1 and not bool((rows.diff() == 1).all())):
+        return None
+    return start, start + n
+
+
+def take_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``table[rows]`` — a view (no copy) when ``rows`` is a contiguous ascending range, else a
+    gathered copy. **Read-only**: a view changes when the table is written."""
+    span = _row_range(rows)
+    return table[span[0] : span[1]] if span is not None else table[rows]
+
+
+def put_rows(table: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """``table[rows] = values`` (a plain copy into the slice when ``rows`` is a contiguous
+    ascending range)."""
+    span = _row_range(rows)
+    if span is not None:
+        table[span[0] : span[1]].copy_(values)
+    else:
+        table[rows] = values
+
+
 def grow(table: torch.Tensor, rows: int, fill: float | int) -> torch.Tensor:
     """``table`` extended with ``fill`` rows to at least ``rows`` rows (the same tensor if big
     enough)."""

@@ -42,8 +42,10 @@ from matl.trust._util import (
     fold_running_mean,
     grow,
     median,
+    put_rows,
     running_value,
     state_client_ids,
+    take_rows,
     unique_keys,
 )
 from matl.trust.base import SignalResult
@@ -307,7 +309,7 @@ class InnovationSignal:
 
         last = st.last_round[rows]
         follows = (last >= 0) & (last == rnd - 1)
-        change = torch.linalg.vector_norm(deviation - st.deviation[rows], dim=1)
+        change = torch.linalg.vector_norm(deviation - take_rows(st.deviation, rows), dim=1)
         ratio = (
             torch.where(follows, change / size, math.nan)
             if size > 0
@@ -326,7 +328,7 @@ class InnovationSignal:
             st.mean_all, weight_before, seen_rows, ratio_all.clamp(max=self.clip), self.memory
         )
         st.count[rows] += observed.to(torch.int64)
-        st.deviation[rows] = deviation
+        put_rows(st.deviation, rows, deviation)
         # Without a reference (a single client, or all alike) the deviations mean nothing: the
         # next participation starts afresh rather than being compared with them.
         st.last_round[rows] = rnd if size > 0 else -1

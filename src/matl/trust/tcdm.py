@@ -34,8 +34,10 @@ from matl.trust._util import (
     check_rows,
     check_state_keys,
     grow,
+    put_rows,
     robust_z,
     state_client_ids,
+    take_rows,
     unique_keys,
     unit_rows,
 )
@@ -194,9 +196,10 @@ class TemporalSignal:
         rows, known = assign_rows(st.index, keys)
         st.history = grow(st.history, len(st.index), 0.0)
 
-        old = st.history[rows]
-        hist = unit_rows(old)
-        consistency = torch.where(known, (unit * hist).sum(dim=1), 0.0).clamp(-1.0, 1.0)
+        old = take_rows(st.history, rows)
+        old_norm = torch.linalg.vector_norm(old, dim=1)
+        agreement = torch.linalg.vecdot(unit, old) / torch.where(old_norm > 0, old_norm, 1.0)
+        consistency = torch.where(known, agreement, 0.0).clamp(-1.0, 1.0)
         zscore = torch.zeros(n, dtype=torch.float64)
         scores = torch.full((n,), float(self.neutral), dtype=torch.float64)
         if bool(known.any()):
@@ -209,8 +212,10 @@ class TemporalSignal:
         anomalous = known & (zscore > self.z0)
         slow = anomalous & (st.streak[rows] < self.anomaly_rounds)
         st.streak[rows] = torch.where(anomalous, st.streak[rows] + 1, 0)
-        a = torch.where(slow, self.anomaly_decay, self.decay).unsqueeze(1)
-        st.history[rows] = torch.where(known.unsqueeze(1), a * old + (1.0 - a) * unit, unit)
+        a = torch.where(slow, self.anomaly_decay, self.decay)
+        # a·old + (1 − a)·unit for a known client, the unit row for a new one.
+        keep = torch.where(known, a, 0.0).to(unit.dtype).unsqueeze(1)
+        put_rows(st.history, rows, torch.lerp(unit, old, keep))
         return SignalResult(
             scores=scores,
             raw={
