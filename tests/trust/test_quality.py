@@ -768,3 +768,53 @@ def test_the_engines_tighter_tolerance_fails_a_mildly_opposed_client(honest_roun
     assert not bool(res.raw["credited"][0])
     assert float(res.scores[0]) == 0.0 < float(ref.scores[0])
     assert bool((res.scores[1:] == 1.0).all())
+
+
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_products_read_ahead_give_the_scores_of_a_plain_call(
+    honest_rounds: Rounds, model: str
+) -> None:
+    primed, plain = PoGQSignal(path="fast"), PoGQSignal(path="fast")
+    for t, (u, ctx) in enumerate(honest_rounds(4, model=model)):
+        if t == 1:
+            u[0] *= 20.0  # over the norm guard: read ahead into the sum, then taken out
+        if t == 2:
+            u[1] = -u[1]
+        assert primed.prepare(u, ctx, 8, 0)
+        a, b = primed(u, ctx), plain(u, ctx)
+        for key in ("delta", "consensus_cosine", "running_consensus", "evidence"):
+            torch.testing.assert_close(a.raw[key], b.raw[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+        assert primed._primed is None  # one call only
+        if t == 1:  # the scaled row improves: it was in the sum read ahead, and taken out
+            assert float(a.raw["delta"][0]) > 0 and float(a.raw["norm_ratio"][0]) > 3.0
+
+
+def test_products_are_read_ahead_only_on_the_fast_path_of_a_sketched_input(
+    honest_rounds: Rounds,
+) -> None:
+    u, ctx = next(honest_rounds(1))
+    assert not PoGQSignal(path="exact").prepare(u, ctx, 8, 0)
+    assert not PoGQSignal(path="fast", consensus_fraction=0.5).prepare(u, ctx, 8, 0)
+    assert not PoGQSignal(path="fast").prepare(u.half(), ctx, 8, 0)
+    assert not PoGQSignal(path="fast").prepare(u, None, 8, 0)
+    assert not PoGQSignal(path="fast").prepare(u, ctx, 64, 0)  # d ≤ 4k: no sketch
+    bare = RoundContext(client_ids=ctx.client_ids)
+    assert not PoGQSignal(path="fast").prepare(u, bare, 8, 0)  # the call reports what is missing
+
+
+def test_products_read_ahead_serve_only_the_updates_and_context_they_came_from(
+    honest_rounds: Rounds,
+) -> None:
+    (u1, ctx1), (u2, ctx2) = honest_rounds(2)
+    sig = PoGQSignal(path="fast")
+    assert sig.prepare(u1, ctx1, 8, 0)
+    torch.testing.assert_close(sig(u2, ctx2).raw["delta"], FAST(u2, ctx2).raw["delta"])
+    sig = PoGQSignal(path="fast")
+    assert sig.prepare(u1, ctx1, 8, 0)
+    u1[0] = -u1[0]  # changed in place after the read: the read is stale
+    torch.testing.assert_close(sig(u1, ctx1).raw["delta"], FAST(u1, ctx1).raw["delta"])
+    sig = PoGQSignal(path="fast")
+    assert sig.prepare(u2, ctx2, 8, 0)
+    moved = dataclasses.replace(ctx2, global_params=ctx2.global_params + 0.1)
+    torch.testing.assert_close(sig(u2, moved).raw["delta"], FAST(u2, moved).raw["delta"])

@@ -33,7 +33,13 @@ from numba import njit
 
 from matl.aggregation.products import map_chunks, parallel
 
-__all__ = ["gain_and_direction", "kernel_dtype", "row_norms", "sketch_and_norms"]
+__all__ = [
+    "gain_and_direction",
+    "kernel_dtype",
+    "row_norms",
+    "sketch_and_norms",
+    "sketch_norms_gain",
+]
 
 
 def kernel_dtype(x: torch.Tensor) -> bool:
@@ -66,30 +72,29 @@ def _norm_rows(
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _sketch_rows(
-    x: np.ndarray,
-    signs: np.ndarray,
-    buckets: np.ndarray,
-    out: np.ndarray,
-    norms: np.ndarray,
-    start: int,
-    stop: int,
-) -> None:  # pragma: no cover - compiled; exercised through sketch_and_norms
-    d = x.shape[1]
+def _sketch_row(
+    row: np.ndarray, signs: np.ndarray, buckets: np.ndarray, runs: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """``out += `` the count sketch of ``row`` (``runs``: scratch of one value per run)."""
+    d = row.shape[0]
     m = buckets.shape[0]
-    runs = np.empty(m, dtype=x.dtype)
-    for i in range(start, stop):
-        row = x[i]
-        norms[i] = _norm(row)
-        runs[:] = 0.0
-        for a in range(0, d, m):
-            b = min(a + m, d)
-            part = row[a:b]
-            sign = signs[a:b]
-            for j in range(b - a):
-                runs[j] += sign[j] * part[j]
-        for w in range(m):
-            out[i, buckets[w]] += runs[w]
+    runs[:] = 0.0
+    for a in range(0, d, m):
+        b = min(a + m, d)
+        part = row[a:b]
+        sign = signs[a:b]
+        for j in range(b - a):
+            runs[j] += sign[j] * part[j]
+    for w in range(m):
+        out[buckets[w]] += runs[w]
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _dot(row: np.ndarray, g: np.ndarray) -> float:  # pragma: no cover - compiled
+    acc = 0.0
+    for j in range(row.shape[0]):
+        acc += np.float64(row[j]) * np.float64(g[j])
+    return acc
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -113,6 +118,44 @@ def _add_rows(
 
 
 @njit(nogil=True, fastmath=True, cache=True)
+def _pick(
+    x: np.ndarray,
+    i: int,
+    scale: float,
+    picked: np.ndarray,
+    scales: np.ndarray,
+    count: int,
+    direction: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """Queue row ``i`` with weight ``scale`` for the direction sum; the queue is added four rows
+    at a time (one sweep of the direction per four rows, while they are still in cache).
+    Returns the new queue length."""
+    picked[count] = i
+    scales[count] = scale
+    count += 1
+    if count == 4:
+        _add_rows(x, picked, scales, count, direction)
+        count = 0
+    return count
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _sketch_rows(
+    x: np.ndarray,
+    signs: np.ndarray,
+    buckets: np.ndarray,
+    out: np.ndarray,
+    norms: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:  # pragma: no cover - compiled; exercised through sketch_and_norms
+    runs = np.empty(buckets.shape[0], dtype=x.dtype)
+    for i in range(start, stop):
+        norms[i] = _norm(x[i])
+        _sketch_row(x[i], signs, buckets, runs, out[i])
+
+
+@njit(nogil=True, fastmath=True, cache=True)
 def _gain_rows(
     x: np.ndarray,
     g: np.ndarray,
@@ -122,25 +165,43 @@ def _gain_rows(
     start: int,
     stop: int,
 ) -> None:  # pragma: no cover - compiled; exercised through gain_and_direction
-    d = x.shape[1]
+    picked = np.empty(4, dtype=np.int64)
+    scales = np.empty(4, dtype=x.dtype)
+    count = 0
+    for i in range(start, stop):
+        acc = _dot(x[i], g)
+        dots[i] = acc
+        if acc < 0.0 and inverse[i] > 0.0:
+            count = _pick(x, i, inverse[i], picked, scales, count, direction)
+    _add_rows(x, picked, scales, count, direction)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _sketch_gain_rows(
+    x: np.ndarray,
+    signs: np.ndarray,
+    buckets: np.ndarray,
+    g: np.ndarray,
+    out: np.ndarray,
+    norms: np.ndarray,
+    dots: np.ndarray,
+    direction: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:  # pragma: no cover - compiled; exercised through sketch_norms_gain
+    runs = np.empty(buckets.shape[0], dtype=x.dtype)
     picked = np.empty(4, dtype=np.int64)
     scales = np.empty(4, dtype=x.dtype)
     count = 0
     for i in range(start, stop):
         row = x[i]
-        acc = 0.0
-        for j in range(d):
-            acc += np.float64(row[j]) * np.float64(g[j])
+        norm = _norm(row)
+        norms[i] = norm
+        _sketch_row(row, signs, buckets, runs, out[i])
+        acc = _dot(row, g)
         dots[i] = acc
-        if acc < 0.0 and inverse[i] > 0.0:
-            # Picked rows are added four at a time (one sweep of the direction per four rows,
-            # while they are still in cache).
-            picked[count] = i
-            scales[count] = inverse[i]
-            count += 1
-            if count == 4:
-                _add_rows(x, picked, scales, count, direction)
-                count = 0
+        if acc < 0.0 and norm > 0.0:
+            count = _pick(x, i, 1.0 / norm, picked, scales, count, direction)
     _add_rows(x, picked, scales, count, direction)
 
 
@@ -185,6 +246,37 @@ def sketch_and_norms(
     return torch.from_numpy(out), torch.from_numpy(norms)
 
 
+def sketch_norms_gain(
+    x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``(sketch, norms, dots, direction)`` in one read of each row: :func:`sketch_and_norms`,
+    and :func:`gain_and_direction` with :math:`\iota_i = 1/\lVert u_i\rVert` for every nonzero
+    row (the caller removes the rows it may not pick afterwards). ``x`` must satisfy
+    :func:`kernel_dtype`; ``g`` is cast to ``x``'s dtype."""
+    n, d = x.shape
+    out = np.zeros((n, k), dtype=np.float64)
+    norms = np.empty(n, dtype=np.float64)
+    dots = np.empty(n, dtype=np.float64)
+    xs, sg, bk = _numpy(x), _numpy(signs), _numpy(buckets)
+    gs = _numpy(g.detach().to(x.dtype).contiguous())
+
+    def piece(start: int, stop: int) -> np.ndarray:
+        direction = np.zeros(d, dtype=xs.dtype)
+        _sketch_gain_rows(xs, sg, bk, gs, out, norms, dots, direction, start, stop)
+        return direction
+
+    total = _sum_parts(map_chunks(n, piece, split=parallel(x)))
+    return torch.from_numpy(out), torch.from_numpy(norms), torch.from_numpy(dots), total
+
+
+def _sum_parts(parts: list[np.ndarray]) -> torch.Tensor:
+    """The chunks' partial direction sums added in chunk order."""
+    total = parts[0]
+    for more in parts[1:]:
+        total += more
+    return torch.from_numpy(total)
+
+
 def gain_and_direction(
     x: torch.Tensor, g: torch.Tensor, inverse: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +296,4 @@ def gain_and_direction(
         _gain_rows(xs, gs, inv, dots, direction, start, stop)
         return direction
 
-    parts = map_chunks(n, piece, split=parallel(x))
-    total = parts[0]
-    for more in parts[1:]:
-        total += more
-    return torch.from_numpy(dots), torch.from_numpy(total)
+    return torch.from_numpy(dots), _sum_parts(map_chunks(n, piece, split=parallel(x)))

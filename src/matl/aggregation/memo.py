@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["round_memo", "round_norms"]
+__all__ = ["fingerprint", "round_memo", "round_norms"]
 
 _MEMO_LOCK = threading.Lock()
 #: (kind, k, seed) → (weak reference to the input, its fingerprint, the result, its finalizer).
@@ -25,7 +25,9 @@ _MEMO: dict[
 ] = {}
 
 
-def _fingerprint(x: torch.Tensor) -> tuple[Any, ...]:
+def fingerprint(x: torch.Tensor) -> tuple[Any, ...]:
+    """What identifies a tensor's current contents without reading them: in-place version
+    counter, data pointer, shape, strides, offset, dtype and device (see :func:`round_memo`)."""
     return (
         x._version,
         x.data_ptr(),
@@ -68,7 +70,7 @@ def round_memo(
     if x.is_inference():
         return compute()
     key = (kind, k, int(seed))
-    mark = _fingerprint(x)
+    mark = fingerprint(x)
     with _MEMO_LOCK:
         hit = _MEMO.get(key)
         if hit is not None and hit[0]() is x and hit[1] == mark:

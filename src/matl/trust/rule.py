@@ -457,7 +457,8 @@ class MATLRule(AggregationRule):
         """Validate and aggregate, as every rule does, after computing the round's shared sketch:
         its one read of the updates also gives the row norms the input check reads
         (:func:`matl.aggregation.kernels.sketch_and_norms`), so the check costs no pass of its
-        own. A malformed input is left to the check."""
+        own, and, on PoGQ's fast path, PoGQ's products (:meth:`PoGQSignal.prepare`). A malformed
+        input is left to the check."""
         temporal = getattr(self._engine.signals.get("tcdm"), "temporal", None)
         if (
             temporal is not None
@@ -466,7 +467,10 @@ class MATLRule(AggregationRule):
             and updates.numel() > 0
             and updates.is_floating_point()
         ):
-            round_sketch(updates, temporal.sketch_dim, seed=temporal.seed)
+            k, seed = temporal.sketch_dim, temporal.seed
+            pogq = self._engine.signals.get("pogq")
+            if not (k is not None and pogq is not None and pogq.prepare(updates, ctx, k, seed)):
+                round_sketch(updates, k, seed=seed)
         return super().__call__(updates, ctx)
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:

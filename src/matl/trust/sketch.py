@@ -64,7 +64,7 @@ import functools
 
 import torch
 
-from matl.aggregation.kernels import kernel_dtype, sketch_and_norms
+from matl.aggregation.kernels import kernel_dtype, sketch_and_norms, sketch_norms_gain
 from matl.aggregation.memo import round_memo
 from matl.trust._util import unit_rows
 
@@ -74,6 +74,7 @@ __all__ = [
     "gaussian_projection",
     "pairwise_cosines",
     "round_sketch",
+    "round_sketch_gain",
     "sketch_cosines",
     "sketch_width",
     "tight_group_members",
@@ -152,6 +153,26 @@ def count_sketch(x: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
     if kernel_dtype(x):
         return _sketch_and_norms(x, k, int(seed))[0]
     return _torch_sketch(x, k, int(seed))
+
+
+def round_sketch_gain(
+    x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(dots, direction)`` of :func:`matl.aggregation.kernels.sketch_norms_gain` — every row's
+    dot product with ``g`` and :math:`\sum_{i:\, u_i^\top g < 0,\, u_i \ne 0} u_i / \lVert u_i
+    \rVert` — read in the same pass as the round's sketch and row norms, which it leaves in the
+    round memo for :func:`round_sketch` and :func:`~matl.aggregation.memo.round_norms` (PoGQ's fast
+    path, primed by the trust engine: :meth:`matl.trust.quality.PoGQSignal.prepare`). Needs a
+    kernel input (:func:`~matl.aggregation.kernels.kernel_dtype`) and a real sketch
+    (:func:`sketch_width` ``(d, k) == k``)."""
+    d = x.shape[1]
+    if not kernel_dtype(x) or sketch_width(d, k) != k:
+        raise ValueError("round_sketch_gain needs a CPU float32/float64 input and d > 4k")
+    signs, buckets = _signs_as(d, k, int(seed), x.dtype), _plan(d, k, int(seed))[1]
+    sketch, norms, dots, direction = sketch_norms_gain(x, signs, buckets, k, g)
+    round_memo("sketch", x, k, seed, lambda: sketch)
+    round_memo("norms", x, None, 0, lambda: norms)
+    return dots, direction
 
 
 def sketch_width(d: int, k: int | None) -> int:
