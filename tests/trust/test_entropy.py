@@ -259,3 +259,21 @@ def test_sketched_projections_and_a_change_of_space() -> None:
     # ... and the next one emits a real code again.
     sig(u + 0.1 * torch.randn(6, d, generator=g, dtype=torch.float64), None)
     assert not torch.equal(sig.state_dict()["symbols"], symbols_before)
+
+
+def test_projections_of_an_earlier_sketch_layout_are_dropped_on_load() -> None:
+    g = torch.Generator().manual_seed(3)
+    sig = EntropySignal(sketch_dim=16)
+    for _ in range(4):
+        sig(torch.randn(5, 300, generator=g, dtype=torch.float64))
+    state = sig.state_dict()
+    assert state["sketch_layout"] == "strided" and state["space"] == 16
+    assert bool(torch.isfinite(state["recent"]).any())
+    old = EntropySignal(sketch_dim=16)
+    old.load_state_dict({k: v for k, v in state.items() if k != "sketch_layout"})
+    loaded = old.state_dict()
+    assert bool(torch.isnan(loaded["recent"]).all())  # contiguous-run projections: dropped
+    assert torch.equal(loaded["symbols"], state["symbols"])  # the behaviour recorded stays
+    same = EntropySignal(sketch_dim=16)
+    same.load_state_dict(state)
+    assert torch.equal(same.state_dict()["recent"].nan_to_num(7.0), state["recent"].nan_to_num(7.0))

@@ -9,7 +9,7 @@ import torch
 
 from matl.aggregation.base import RoundContext
 from matl.errors import ConfigError, InvalidUpdateError
-from matl.trust import TCDM, CommunitySignal, Signal, TemporalSignal
+from matl.trust import TCDM, CommunitySignal, InnovationSignal, Signal, TemporalSignal
 from matl.trust._util import put_rows, robust_z, take_rows
 from matl.trust.base import FAILED
 from matl.trust.tcdm import pairwise_cosines
@@ -462,3 +462,43 @@ def test_temporal_history_is_the_same_whatever_the_order_of_the_clients() -> Non
         a = ordered(u, RoundContext(client_ids=tuple(range(5))))
         b = shuffled(u[order], RoundContext(client_ids=tuple(order)))
         torch.testing.assert_close(b.raw["consistency"], a.raw["consistency"][order])
+
+
+def _sketched_rounds(n: int = 6, d: int = 200, rounds: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return [base + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(rounds)]
+
+
+def test_histories_of_an_earlier_sketch_layout_are_dropped_on_load() -> None:
+    temporal = TemporalSignal(sketch_dim=16)
+    innovation = InnovationSignal(sketch_dim=16)
+    for u in _sketched_rounds():
+        temporal(u)
+        innovation(u)
+    t_state, i_state = temporal.state_dict(), innovation.state_dict()
+    assert t_state["sketch_layout"] == i_state["sketch_layout"] == "strided"
+    same_t, same_i = TemporalSignal(sketch_dim=16), InnovationSignal(sketch_dim=16)
+    same_t.load_state_dict(t_state)
+    same_i.load_state_dict(i_state)
+    torch.testing.assert_close(same_t.state_dict()["history"], t_state["history"])
+    assert same_i.state_dict()["last_round"].tolist() == i_state["last_round"].tolist()
+    # Saved before the tag (contiguous runs): sketched vectors are dropped, the rest is kept.
+    old_t = TemporalSignal(sketch_dim=16)
+    old_t.load_state_dict({k: v for k, v in t_state.items() if k != "sketch_layout"})
+    assert old_t.state_dict()["client_ids"] == []
+    old_i = InnovationSignal(sketch_dim=16)
+    old_i.load_state_dict({k: v for k, v in i_state.items() if k != "sketch_layout"})
+    kept = old_i.state_dict()
+    assert kept["last_round"].tolist() == [-1] * 6 and float(kept["deviation"].abs().sum()) == 0
+    torch.testing.assert_close(kept["mean"], i_state["mean"])
+    assert kept["client_ids"] == i_state["client_ids"]
+    nxt = _sketched_rounds(rounds=4)[-1]
+    assert bool(torch.isnan(old_i(nxt).raw["innovation"]).all())  # no observation this round
+    # Exact rows (no sketch) do not depend on the layout.
+    exact = TemporalSignal(sketch_dim=None)
+    exact(_sketched_rounds(rounds=1)[0])
+    state = {k: v for k, v in exact.state_dict().items() if k != "sketch_layout"}
+    again = TemporalSignal(sketch_dim=None)
+    again.load_state_dict(state)
+    assert again.state_dict()["client_ids"] == state["client_ids"]

@@ -39,7 +39,13 @@ from matl.trust._util import (
     unit_rows,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import gaussian_projection, round_sketch, sketch_width
+from matl.trust.sketch import (
+    SKETCH_LAYOUT,
+    gaussian_projection,
+    round_sketch,
+    sketch_layout_changed,
+    sketch_width,
+)
 
 __all__ = ["EntropySignal", "window_entropy"]
 
@@ -293,6 +299,7 @@ class EntropySignal:
             "symbols": st.symbols.clone(),
             "dim": st.dim,
             "space": st.space,
+            "sketch_layout": SKETCH_LAYOUT,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -300,9 +307,14 @@ class EntropySignal:
         without ``space`` (saved before the projections were tagged with their space) keeps its
         symbols; its stored projections are taken as projections of the updates themselves and
         dropped at the next round if the space differs (the client's next participation then
-        emits no symbol, as a first one)."""
-        if "space" not in state and set(state) == {"client_ids", "recent", "symbols", "dim"}:
+        emits no symbol, as a first one). Projections of sketches of an earlier layout
+        (:func:`~matl.trust.sketch.sketch_layout_changed`) are dropped the same way; the symbols
+        stay."""
+        legacy = {"client_ids", "recent", "symbols", "dim"}
+        if "space" not in state and set(state) - {"sketch_layout"} == legacy:
             state = {**state, "space": state["dim"]}
+        stale = sketch_layout_changed(state, state.get("space"), self.sketch_dim)
+        state = {k: v for k, v in state.items() if k != "sketch_layout"}
         check_state_keys("entropy", state, {"client_ids", "recent", "symbols", "dim", "space"})
         ids = state_client_ids("entropy", state["client_ids"])
         recent = torch.as_tensor(state["recent"], dtype=torch.float64).clone()
@@ -318,7 +330,7 @@ class EntropySignal:
             )
         st = self._state
         st.index = {c: i for i, c in enumerate(ids)}
-        st.recent = recent
+        st.recent = recent.fill_(math.nan) if stale else recent
         st.symbols = symbols
         st.dim = None if state["dim"] is None else int(state["dim"])
         st.space = None if state["space"] is None else int(state["space"])

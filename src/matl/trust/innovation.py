@@ -49,7 +49,12 @@ from matl.trust._util import (
     unique_keys,
 )
 from matl.trust.base import SignalResult
-from matl.trust.sketch import round_sketch, tight_group_members
+from matl.trust.sketch import (
+    SKETCH_LAYOUT,
+    round_sketch,
+    sketch_layout_changed,
+    tight_group_members,
+)
 
 __all__ = ["InnovationSignal"]
 
@@ -363,15 +368,21 @@ class InnovationSignal:
             "count": st.count.clone(),
             "dim": st.dim,
             "round": st.round,
+            "sketch_layout": SKETCH_LAYOUT,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output, checked: shapes, finiteness, a weight in
         ``(0, 1]`` exactly for the clients observed, ``0 <= mean, mean_all <= clip · weight`` (up
         to rounding), ``round`` an integer after every ``last_round``. A state without
-        ``mean_all`` loads with it equal to ``mean``."""
+        ``mean_all`` loads with it equal to ``mean``. Deviations sketched with an earlier layout
+        of the sketch (:func:`~matl.trust.sketch.sketch_layout_changed`) cannot be compared with
+        this round's: the running innovations are kept, and each client's next participation
+        stores a new deviation without an observation (as after a skipped round)."""
         if "mean_all" not in state and "mean" in state:
             state = {**state, "mean_all": state["mean"]}
+        stale = sketch_layout_changed(state, state.get("dim"), self.sketch_dim)
+        state = {k: v for k, v in state.items() if k != "sketch_layout"}
         check_state_keys("innovation", state, _STATE_KEYS)
         ids = state_client_ids("innovation", state["client_ids"])
         n = len(ids)
@@ -417,6 +428,9 @@ class InnovationSignal:
         st.mean, st.mean_all = mean, mean_all
         st.dim = None if dim is None else int(dim)
         st.round = rnd
+        if stale:
+            st.deviation.zero_()
+            st.last_round.fill_(-1)
 
     def reset(self) -> None:
         """Forget every client."""

@@ -61,6 +61,7 @@ deployment should treat the seed as a server secret.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -69,6 +70,7 @@ from matl.aggregation.memo import round_memo
 from matl.trust._util import unit_rows
 
 __all__ = [
+    "SKETCH_LAYOUT",
     "community_sizes",
     "count_sketch",
     "gaussian_projection",
@@ -76,10 +78,16 @@ __all__ = [
     "round_sketch",
     "round_sketch_gain",
     "sketch_cosines",
+    "sketch_layout_changed",
     "sketch_width",
     "tight_group_members",
 ]
 
+#: The layout of the sketch's runs, saved with every state that holds sketched vectors (temporal
+#: histories, innovation deviations, entropy projections): ``"strided"`` since runs are taken
+#: with a stride; a state without it was saved with contiguous runs, whose vectors are not
+#: comparable with this sketch's (see :func:`sketch_layout_changed`).
+SKETCH_LAYOUT = "strided"
 #: Longest run of coordinates summed as one unit of the two-level count sketch.
 _MAX_RUN = 32
 #: Target number of entries of one row block of the sketch's temporaries.
@@ -173,6 +181,16 @@ def round_sketch_gain(
     round_memo("sketch", x, k, seed, lambda: sketch)
     round_memo("norms", x, None, 0, lambda: norms)
     return dots, direction
+
+
+def sketch_layout_changed(state: dict[str, Any], width: int | None, sketch_dim: int | None) -> bool:
+    """Whether a saved state's vectors of ``width`` were sketched with another layout than
+    :data:`SKETCH_LAYOUT` (a state without ``"sketch_layout"`` predates the tag: contiguous
+    runs). Only sketched vectors (``width == sketch_dim``) depend on the layout; exact rows do not.
+    """
+    if width is None or sketch_dim is None or int(width) != int(sketch_dim):
+        return False
+    return bool(state.get("sketch_layout", "contiguous") != SKETCH_LAYOUT)
 
 
 def sketch_width(d: int, k: int | None) -> int:

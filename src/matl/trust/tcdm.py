@@ -43,7 +43,14 @@ from matl.trust._util import (
 )
 from matl.trust.base import FAILED, SignalResult
 from matl.trust.innovation import InnovationSignal
-from matl.trust.sketch import community_sizes, pairwise_cosines, round_sketch, sketch_cosines
+from matl.trust.sketch import (
+    SKETCH_LAYOUT,
+    community_sizes,
+    pairwise_cosines,
+    round_sketch,
+    sketch_cosines,
+    sketch_layout_changed,
+)
 
 __all__ = ["TCDM", "CommunitySignal", "InnovationSignal", "TemporalSignal", "pairwise_cosines"]
 
@@ -235,13 +242,20 @@ class TemporalSignal:
             "history": st.history.clone(),
             "streak": grow(st.streak, len(st.index), 0).clone(),
             "dim": st.dim,
+            "sketch_layout": SKETCH_LAYOUT,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; a state saved before ``streak`` existed loads
-        with no anomalous streaks."""
+        with no anomalous streaks. Histories sketched with an earlier layout of the sketch
+        (:func:`~matl.trust.sketch.sketch_layout_changed`) cannot be compared with this round's
+        sketches: they are dropped, and every client starts a new history."""
         if "streak" not in state:
             state = {**state, "streak": [0] * len(state.get("client_ids", []))}
+        if sketch_layout_changed(state, state.get("dim"), self.sketch_dim):
+            self.reset()
+            return
+        state = {k: v for k, v in state.items() if k != "sketch_layout"}
         check_state_keys("temporal", state, {"client_ids", "history", "streak", "dim"})
         ids = state_client_ids("temporal", state["client_ids"])
         hist = torch.as_tensor(state["history"], dtype=torch.float64).clone()
