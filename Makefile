@@ -49,7 +49,7 @@ paper: setup
 	$(BIN)/matl matrix paper --out runs/paper --workers 2
 	$(BIN)/matl report runs/paper
 
-# Issue 5's trust-engine benchmark and ablation (894 runs, about 70 min on 2 cores).
+# Issue 5's trust-engine benchmark and ablation (894 runs, about 30 min on 2 cores).
 trust: setup
 	$(BIN)/matl matrix trust --out runs/trust --workers 2
 	$(BIN)/matl trust-report runs/trust --out docs/results/trust
