@@ -818,3 +818,37 @@ def test_products_read_ahead_serve_only_the_updates_and_context_they_came_from(
     assert sig.prepare(u2, ctx2, 8, 0)
     moved = dataclasses.replace(ctx2, global_params=ctx2.global_params + 0.1)
     torch.testing.assert_close(sig(u2, moved).raw["delta"], FAST(u2, moved).raw["delta"])
+
+
+@pytest.mark.parametrize("primed", [False, True])
+def test_a_row_of_subnormal_entries_is_a_zero_update(honest_rounds: Rounds, primed: bool) -> None:
+    """Its float64 norm (~1e-41) has an inverse that overflows float32: PoGQ takes it as a zero
+    row, as its float32 norm would be, and nothing turns NaN."""
+    sig = PoGQSignal(path="fast")
+    for u, ctx in honest_rounds(3):
+        u = u.float()
+        ctx = dataclasses.replace(ctx, global_params=ctx.global_params.float())
+        u[0] = u[1] * 1e-40
+        assert float(torch.linalg.vector_norm(u[0].double())) > 0
+        if primed:
+            assert sig.prepare(u, ctx, 8, 0)
+        res = sig(u, ctx)
+        assert not bool(torch.isnan(res.raw["consensus_cosine"]).any())
+        assert bool(torch.isfinite(res.scores).all())
+        assert float(res.raw["norm_ratio"][0]) == 0.0
+    PoGQSignal(path="fast").load_state_dict(sig.state_dict())  # finite: it reloads
+
+
+def test_a_read_ahead_needs_the_very_context_objects_and_tracked_tensors(
+    honest_rounds: Rounds,
+) -> None:
+    u, ctx = next(honest_rounds(1))
+    sig = PoGQSignal(path="fast")
+    assert sig.prepare(u, ctx, 8, 0)
+    twin = dataclasses.replace(ctx, global_params=ctx.global_params.clone())  # equal, not the same
+    assert sig._take_primed(u, twin) is None
+    assert sig.prepare(u, ctx, 8, 0)
+    assert sig._take_primed(u, ctx) is not None
+    with torch.inference_mode():
+        frozen = u.clone()
+    assert not sig.prepare(frozen, ctx, 8, 0)  # no version counter: never read ahead

@@ -33,6 +33,10 @@ from numba import njit
 
 from matl.aggregation.products import map_chunks, parallel
 
+#: LLVM's fast-math flags minus ``nnan`` and ``ninf``: sums may be reassociated (vectorised), but a
+#: comparison with NaN keeps its meaning (a NaN product is never taken for a negative one).
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
 __all__ = [
     "gain_and_direction",
     "kernel_dtype",
@@ -54,7 +58,7 @@ def kernel_dtype(x: torch.Tensor) -> bool:
     )
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _norm(row: np.ndarray) -> float:  # pragma: no cover - compiled
     total = 0.0
     for j in range(row.shape[0]):
@@ -63,7 +67,7 @@ def _norm(row: np.ndarray) -> float:  # pragma: no cover - compiled
     return float(np.sqrt(total))
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _norm_rows(
     x: np.ndarray, norms: np.ndarray, start: int, stop: int
 ) -> None:  # pragma: no cover - compiled; exercised through row_norms
@@ -71,7 +75,7 @@ def _norm_rows(
         norms[i] = _norm(x[i])
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _sketch_row(
     row: np.ndarray, signs: np.ndarray, buckets: np.ndarray, runs: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -89,7 +93,7 @@ def _sketch_row(
         out[buckets[w]] += runs[w]
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _dot(row: np.ndarray, g: np.ndarray) -> float:  # pragma: no cover - compiled
     acc = 0.0
     for j in range(row.shape[0]):
@@ -97,7 +101,7 @@ def _dot(row: np.ndarray, g: np.ndarray) -> float:  # pragma: no cover - compile
     return acc
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _add_rows(
     x: np.ndarray, picked: np.ndarray, scales: np.ndarray, count: int, direction: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -117,7 +121,7 @@ def _add_rows(
                 direction[j] += s * row[j]
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _pick(
     x: np.ndarray,
     i: int,
@@ -139,7 +143,7 @@ def _pick(
     return count
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _sketch_rows(
     x: np.ndarray,
     signs: np.ndarray,
@@ -155,7 +159,7 @@ def _sketch_rows(
         _sketch_row(x[i], signs, buckets, runs, out[i])
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _gain_rows(
     x: np.ndarray,
     g: np.ndarray,
@@ -176,7 +180,7 @@ def _gain_rows(
     _add_rows(x, picked, scales, count, direction)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST, cache=True)
 def _sketch_gain_rows(
     x: np.ndarray,
     signs: np.ndarray,
@@ -186,6 +190,7 @@ def _sketch_gain_rows(
     norms: np.ndarray,
     dots: np.ndarray,
     direction: np.ndarray,
+    tiny: float,
     start: int,
     stop: int,
 ) -> None:  # pragma: no cover - compiled; exercised through sketch_norms_gain
@@ -200,7 +205,7 @@ def _sketch_gain_rows(
         _sketch_row(row, signs, buckets, runs, out[i])
         acc = _dot(row, g)
         dots[i] = acc
-        if acc < 0.0 and norm > 0.0:
+        if acc < 0.0 and norm >= tiny:
             count = _pick(x, i, 1.0 / norm, picked, scales, count, direction)
     _add_rows(x, picked, scales, count, direction)
 
@@ -250,8 +255,9 @@ def sketch_norms_gain(
     x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int, g: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""``(sketch, norms, dots, direction)`` in one read of each row: :func:`sketch_and_norms`,
-    and :func:`gain_and_direction` with :math:`\iota_i = 1/\lVert u_i\rVert` for every nonzero
-    row (the caller removes the rows it may not pick afterwards). ``x`` must satisfy
+    and :func:`gain_and_direction` with :math:`\iota_i = 1/\lVert u_i\rVert` for every row whose
+    norm is at least the dtype's smallest normal number (so that :math:`\iota_i` fits the dtype;
+    the caller removes the rows it may not pick afterwards). ``x`` must satisfy
     :func:`kernel_dtype`; ``g`` is cast to ``x``'s dtype."""
     n, d = x.shape
     out = np.zeros((n, k), dtype=np.float64)
@@ -259,10 +265,11 @@ def sketch_norms_gain(
     dots = np.empty(n, dtype=np.float64)
     xs, sg, bk = _numpy(x), _numpy(signs), _numpy(buckets)
     gs = _numpy(g.detach().to(x.dtype).contiguous())
+    tiny = float(torch.finfo(x.dtype).tiny)
 
     def piece(start: int, stop: int) -> np.ndarray:
         direction = np.zeros(d, dtype=xs.dtype)
-        _sketch_gain_rows(xs, sg, bk, gs, out, norms, dots, direction, start, stop)
+        _sketch_gain_rows(xs, sg, bk, gs, out, norms, dots, direction, tiny, start, stop)
         return direction
 
     total = _sum_parts(map_chunks(n, piece, split=parallel(x)))

@@ -46,9 +46,10 @@ def row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
     """``(n,)`` float64 Euclidean norms of the rows (a private copy); raises on rows holding NaN or
     Inf.
 
-    The round's shared norms (:func:`~matl.aggregation.memo.round_norms`: computed once per round
-    in the input dtype, also by the finiteness check every rule runs first); a row whose norm
-    overflows that dtype although its entries are finite is recomputed in float64.
+    The round's shared norms (:func:`~matl.aggregation.memo.round_norms`: computed once per round,
+    also by the finiteness check every rule runs first — summed in float64 for CPU float32/float64
+    updates, in the input dtype otherwise); a row whose norm overflows although its entries are
+    finite is recomputed in float64.
     """
     norms = round_norms(updates).clone()
     bad = ~torch.isfinite(norms)

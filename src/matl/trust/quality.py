@@ -76,20 +76,39 @@ class _PartialConsensus:
 @dataclass(frozen=True)
 class _Primed:
     """The fast path's products read ahead in the round's sketch pass (:meth:`PoGQSignal.prepare`),
-    for the very updates and context they were read from."""
+    for the very updates and context they were read from: the updates by a weak reference, the
+    context's θ, validation batch and model by strong ones (so that no other tensor can take their
+    place in memory while the read waits), each tensor with its fingerprint."""
 
     updates: weakref.ref[torch.Tensor]
+    context: tuple[Any, ...]
     marks: tuple[Any, ...]
     dots: torch.Tensor
     direction: torch.Tensor
 
 
+def _context(ctx: RoundContext) -> tuple[Any, ...]:
+    """What the primed products depend on besides the updates: θ, the validation batch and the
+    model, as objects."""
+    assert ctx.validation is not None
+    return (ctx.global_params, *ctx.validation, ctx.model)
+
+
 def _marks(updates: torch.Tensor, ctx: RoundContext) -> tuple[Any, ...]:
-    """Fingerprints of what the primed products depend on: the updates, θ and the validation
-    batch."""
-    assert ctx.global_params is not None and ctx.validation is not None
-    x, y = ctx.validation
-    return (fingerprint(updates), fingerprint(ctx.global_params), fingerprint(x), fingerprint(y))
+    """Fingerprints of the updates, θ and the validation batch (their in-place versions)."""
+    return tuple(fingerprint(t) for t in (updates, *_context(ctx)[:3]))
+
+
+def pogq_norms(updates: torch.Tensor) -> torch.Tensor:
+    """The round's row norms (:func:`~matl.trust._util.row_norms`, summed in float64), with the
+    norms below the updates' smallest normal number taken as 0: such a row is a zero update to
+    PoGQ, as its norm in the updates' own dtype would be, so that the inverse norms its consensus
+    weighs directions by fit that dtype (a float32 row of subnormal entries has a float64 norm
+    near 1e-41, whose inverse overflows float32)."""
+    norms = row_norms(updates, "pogq")
+    wide = updates.dtype in (torch.float32, torch.float64)  # others are weighed in float32
+    tiny = torch.finfo(updates.dtype if wide else torch.float32).tiny
+    return torch.where(norms < tiny, 0.0, norms) if bool((norms < tiny).any()) else norms
 
 
 def validation_losses(
@@ -454,14 +473,19 @@ class PoGQSignal:
             return False
         n, d = updates.shape
         if (
-            theta.numel() != d
+            any(t.is_inference() for t in (updates, theta, x, y))  # no version counter to check
+            or theta.numel() != d
             or self.resolve_path(n, d, int(y.shape[0])) != "fast"
             or sketch_width(d, k) != k
         ):
             return False
-        g = self._gradient(model, updates, theta, x, y)
+        try:
+            g = self._gradient(model, updates, theta, x, y)
+        except Exception:  # the call computes it again and reports the error
+            return False
         dots, direction = round_sketch_gain(updates, k, g, seed=seed)
-        primed = _Primed(weakref.ref(updates), _marks(updates, ctx), dots, direction)
+        marks = _marks(updates, ctx)
+        primed = _Primed(weakref.ref(updates), _context(ctx), marks, dots, direction)
         object.__setattr__(self, "_primed", primed)
         return True
 
@@ -474,7 +498,14 @@ class PoGQSignal:
         object.__setattr__(self, "_primed", None)
         if primed is None or ctx is None or primed.updates() is not updates:
             return None
-        return (primed.dots, primed.direction) if primed.marks == _marks(updates, ctx) else None
+        if ctx.validation is None or updates.is_inference():
+            return None
+        same = all(a is b for a, b in zip(primed.context, _context(ctx), strict=True))
+        return (
+            (primed.dots, primed.direction)
+            if same and primed.marks == _marks(updates, ctx)
+            else None
+        )
 
     @staticmethod
     def _gradient(
@@ -496,7 +527,7 @@ class PoGQSignal:
         keys = unique_keys(n, ctx, "pogq")
         if theta.numel() != d:
             raise ConfigError(f"pogq: updates have d={d} but global_params has {theta.numel()}")
-        norms = row_norms(updates, "pogq")
+        norms = pogq_norms(updates)
         med_norm = median(norms)
         ratio = (
             norms / med_norm

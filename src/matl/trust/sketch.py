@@ -26,8 +26,8 @@ resolved to a few thousandths already at :math:`k = 256` (what the community and
 thresholds need; the engine uses :math:`k = 1024`, which the temporal signal's history wants).
 
 To run at memory speed the bucket map is built in two levels: the coordinates are cut into
-:math:`m = \lceil d / r\rceil` *runs* of :math:`r` or :math:`r - 1` coordinates (:math:`r \le
-32`, at least four runs per bucket on average), run :math:`w` holding the coordinates
+:math:`m = \lceil d / r\rceil` *runs* of about :math:`r` coordinates each (:math:`r \le 32`,
+at least four runs per bucket on average), run :math:`w` holding the coordinates
 :math:`j \equiv w \pmod m` — one from each stripe of :math:`m` consecutive coordinates — and the
 runs are assigned to buckets by a seeded random permutation (balanced: every bucket receives
 :math:`\lfloor m/k \rfloor` or :math:`\lceil m/k \rceil` of the runs). This is a count sketch whose
