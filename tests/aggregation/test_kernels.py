@@ -8,7 +8,14 @@ import torch
 from matl.aggregation.kernels import gain_and_direction, kernel_dtype, row_norms, sketch_and_norms
 from matl.aggregation.memo import round_norms
 from matl.aggregation.products import PARALLEL_MIN_ELEMENTS
-from matl.trust.sketch import _plan, _torch_sketch, count_sketch, round_sketch
+from matl.trust.sketch import (
+    _plan,
+    _torch_sketch,
+    count_sketch,
+    pairwise_cosines,
+    round_sketch,
+    round_sketch_gain,
+)
 
 
 def _definition(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -121,3 +128,24 @@ def test_large_inputs_split_into_chunks_give_the_same_results_with_any_thread_co
     want_dots, want_direction = _gain_reference(x, grad, inverse)
     torch.testing.assert_close(one[1][0], want_dots, rtol=1e-9, atol=1e-6)
     torch.testing.assert_close(one[1][1], want_direction, rtol=1e-4, atol=1e-3)
+
+
+def test_the_read_ahead_pass_needs_a_kernel_input_and_a_real_sketch() -> None:
+    x = torch.randn(4, 200)
+    g = torch.randn(200)
+    with pytest.raises(ValueError, match="float32/float64 input and d > 4k"):
+        round_sketch_gain(x.half(), 16, g)
+    with pytest.raises(ValueError, match="d > 4k"):
+        round_sketch_gain(x, 64, g)  # d ≤ 4k: the rows are used exactly, no sketch
+    dots, _ = round_sketch_gain(x, 16, g)
+    torch.testing.assert_close(dots, x.double() @ g.double())
+    assert torch.equal(round_sketch(x, 16), count_sketch(x, 16))  # left in the round memo
+
+
+def test_the_gram_product_in_blocks_is_the_full_product_and_symmetric() -> None:
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(301, 64, generator=gen, dtype=torch.float64)  # over the split threshold
+    cos = pairwise_cosines(z)
+    unit = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    torch.testing.assert_close(cos, (unit @ unit.T).clamp(-1, 1), rtol=0, atol=1e-6)
+    assert torch.equal(cos, cos.T)

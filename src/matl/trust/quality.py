@@ -107,8 +107,17 @@ def pogq_norms(updates: torch.Tensor) -> torch.Tensor:
     near 1e-41, whose inverse overflows float32)."""
     norms = row_norms(updates, "pogq")
     wide = updates.dtype in (torch.float32, torch.float64)  # others are weighed in float32
-    tiny = torch.finfo(updates.dtype if wide else torch.float32).tiny
-    return torch.where(norms < tiny, 0.0, norms) if bool((norms < tiny).any()) else norms
+    small = norms < torch.finfo(updates.dtype if wide else torch.float32).tiny
+    return torch.where(small, 0.0, norms) if bool(small.any()) else norms
+
+
+def _promoted(
+    theta: torch.Tensor, x: torch.Tensor, updates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(θ as a (1, d) row, x)`` in the promoted dtype of θ and the updates (integer features
+    unchanged): the point and batch both paths evaluate the validation loss at."""
+    dtype = torch.promote_types(theta.dtype, updates.dtype)
+    return theta.detach().reshape(1, -1).to(dtype), x.to(dtype) if x.is_floating_point() else x
 
 
 def validation_losses(
@@ -480,7 +489,7 @@ class PoGQSignal:
         ):
             return False
         try:
-            g = self._gradient(model, updates, theta, x, y)
+            g = self._gradient(model, *_promoted(theta, x, updates), y).to(updates.dtype)
         except Exception:  # the call computes it again and reports the error
             return False
         dots, direction = round_sketch_gain(updates, k, g, seed=seed)
@@ -498,7 +507,7 @@ class PoGQSignal:
         object.__setattr__(self, "_primed", None)
         if primed is None or ctx is None or primed.updates() is not updates:
             return None
-        if ctx.validation is None or updates.is_inference():
+        if ctx.validation is None:
             return None
         same = all(a is b for a, b in zip(primed.context, _context(ctx), strict=True))
         return (
@@ -509,15 +518,12 @@ class PoGQSignal:
 
     @staticmethod
     def _gradient(
-        model: Any, updates: torch.Tensor, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        model: Any, theta_row: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
-        """The validation loss gradient :math:`g = \nabla L_{val}(\theta)` in the updates'
-        dtype (computed in the promoted dtype of θ and the updates)."""
-        dtype = torch.promote_types(theta.dtype, updates.dtype)
-        theta_row = theta.detach().reshape(1, -1).to(dtype)
-        xv = x.to(dtype) if x.is_floating_point() else x
-        grad: torch.Tensor = model.loss_and_grad(theta_row, xv.unsqueeze(0), y.unsqueeze(0))[1]
-        return grad[0].to(updates.dtype)
+        """The validation loss gradient :math:`g = \nabla L_{val}(\theta)` at the promoted
+        ``theta_row`` and ``x`` (:func:`_promoted`), as a ``(d,)`` vector."""
+        grad: torch.Tensor = model.loss_and_grad(theta_row, x.unsqueeze(0), y.unsqueeze(0))[1]
+        return grad[0]
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext | None) -> SignalResult:
         """Score the ``(n, d)`` ``updates`` against ``ctx.validation`` at ``ctx.global_params``."""
@@ -535,9 +541,7 @@ class PoGQSignal:
             else torch.where(norms == 0, 1.0, math.inf).to(torch.float64)
         )
         guard = self.guard(ratio)
-        dtype = torch.promote_types(theta.dtype, updates.dtype)
-        theta_row = theta.detach().reshape(1, d).to(dtype)
-        xv = x.to(dtype) if x.is_floating_point() else x
+        theta_row, xv = _promoted(theta, x, updates)
         partial: _PartialConsensus | None = None
         if self.resolve_path(n, d, int(y.shape[0])) == "exact":
             delta = self._exact(model, updates, theta_row, xv, y)
@@ -774,8 +778,7 @@ class PoGQSignal:
                 inverse = torch.where(guarded, 1.0 / norms.clamp_min(1e-300), 0.0)
                 direction = direction - weighted_sum(inverse.to(work.dtype), work)
             return -self.step * dots64, _PartialConsensus(free & improving, direction)
-        grad: torch.Tensor = model.loss_and_grad(theta_row, x.unsqueeze(0), y.unsqueeze(0))[1]
-        g = grad[0].to(work.dtype)
+        g = self._gradient(model, theta_row, x, y).to(work.dtype)
         if self.consensus_fraction < 1 or work.dtype not in (torch.float32, torch.float64):
             return -self.step * row_dots(work, g).to(torch.float64), None
         n, d = work.shape

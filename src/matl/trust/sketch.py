@@ -110,11 +110,16 @@ def _signs_as(d: int, k: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
     return _plan(d, k, seed)[0].to(dtype)
 
 
+def _layout(x: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(signs in x's dtype, bucket of each run)`` of the sketch of ``x``'s rows, on its device."""
+    d = x.shape[1]
+    return _signs_as(d, k, seed, x.dtype).to(x.device), _plan(d, k, seed)[1].to(x.device)
+
+
 def _torch_sketch(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """:func:`count_sketch` in PyTorch operations, over row blocks (any dtype and device)."""
     n, d = x.shape
-    signs = _signs_as(d, k, seed, x.dtype).to(x.device)
-    buckets = _plan(d, k, seed)[1].to(x.device)
+    signs, buckets = _layout(x, k, seed)
     m = buckets.numel()
     whole = (d // m) * m
     stripes = signs[:whole].view(-1, m)
@@ -132,8 +137,7 @@ def _torch_sketch(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def _sketch_and_norms(x: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled one-read sketch and row norms (:func:`matl.aggregation.kernels.sketch_and_norms`)."""
-    d = x.shape[1]
-    return sketch_and_norms(x, _signs_as(d, k, seed, x.dtype), _plan(d, k, seed)[1], k)
+    return sketch_and_norms(x, *_layout(x, k, seed), k)
 
 
 def count_sketch(x: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
@@ -176,8 +180,7 @@ def round_sketch_gain(
     d = x.shape[1]
     if not kernel_dtype(x) or sketch_width(d, k) != k:
         raise ValueError("round_sketch_gain needs a CPU float32/float64 input and d > 4k")
-    signs, buckets = _signs_as(d, k, int(seed), x.dtype), _plan(d, k, int(seed))[1]
-    sketch, norms, dots, direction = sketch_norms_gain(x, signs, buckets, k, g)
+    sketch, norms, dots, direction = sketch_norms_gain(x, *_layout(x, k, int(seed)), k, g)
     round_memo("sketch", x, k, seed, lambda: sketch)
     round_memo("norms", x, None, 0, lambda: norms)
     return dots, direction
