@@ -11,9 +11,9 @@ import torch
 from matl.aggregation.order_stats import (
     OrderStats,
     Workspace,
+    column_ranks,
     column_runs,
     host_array,
-    map_column_blocks,
     map_column_ranges,
     median_of_sorted,
     midpoint,
@@ -40,37 +40,34 @@ def test_median_of_sorted_odd_even_and_overflow() -> None:
     assert median_of_sorted(torch.tensor([[big, big]])).tolist() == [big]
 
 
-@pytest.mark.parametrize("tile_elements", [1, 7, 40, 10_000])
-def test_blocks_cover_every_column_once_in_order(tile_elements: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 23, generator=gen)
-    rows = torch.tensor([4, 0, 2])
-    seen: list[tuple[int, int]] = []
-
-    def fn(start: int, stop: int, tile: torch.Tensor, srt: torch.Tensor) -> int:
-        assert torch.equal(tile, x[rows, start:stop].T)
-        assert tile.is_contiguous()
-        assert torch.equal(srt, torch.sort(tile, dim=1).values)
-        seen.append((start, stop))
-        return start
-
-    starts = map_column_blocks(x, fn, rows=rows, tile_elements=tile_elements)
-    assert starts == sorted(starts)
-    assert sorted(seen) == [(s, e) for s, e in seen]
-    assert seen[0][0] == 0 and seen[-1][1] == 23
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(seen))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 2, 7, 250, 513, 1000])
+def test_column_ranks_are_the_order_statistics(dtype: torch.dtype, m: int) -> None:
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m + 5, 37, generator=gen, dtype=dtype)
+    x[:, 3] = 1.5  # a column of ties
+    rows = torch.randperm(m + 5, generator=gen)[:m]
+    ranks = sorted({0, (m - 1) // 2, m // 2, m - 1})
+    got = column_ranks(x, ranks, rows=rows)
+    expected = torch.sort(x[rows], dim=0).values[ranks].numpy()
+    assert got.dtype == expected.dtype
+    assert np.array_equal(got, expected)
+    whole = column_ranks(x, [0, m + 4])
+    assert np.array_equal(whole, torch.stack([x.min(dim=0).values, x.max(dim=0).values]).numpy())
 
 
-def test_threaded_blocks_equal_sequential_blocks() -> None:
-    # Above the parallel threshold the blocks run on a thread pool; results come back in order.
+def test_column_ranks_threaded_blocks_equal_torch() -> None:
+    # Above the parallel threshold the blocks run on a thread pool; the result is the same.
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 70_000, generator=gen)
+    assert np.array_equal(column_ranks(x, [31])[0], torch.kthvalue(x, 32, dim=0).values.numpy())
 
-    def fn(start: int, stop: int, tile: torch.Tensor, srt: torch.Tensor) -> torch.Tensor:
-        return srt[:, 31].clone()
 
-    threaded = torch.cat(map_column_blocks(x, fn))
-    assert torch.equal(threaded, torch.kthvalue(x, 32, dim=0).values)
+def test_column_ranks_rejects_ranks_out_of_range() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        column_ranks(torch.zeros(3, 4), [3])
+    with pytest.raises(ValueError, match="outside"):
+        column_ranks(torch.zeros(3, 4), [0], rows=torch.tensor([], dtype=torch.int64))
 
 
 # Row counts around the run-layout thresholds: one run up to 2 KiB per row (512 float32 / 256

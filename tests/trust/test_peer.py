@@ -147,6 +147,21 @@ def test_center_subsample() -> None:
     torch.testing.assert_close(robust_center(u, rows), u[rows].median(dim=0).values)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_robust_center_even_rows_average_the_middle_pair(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(9)
+    u = torch.randn(40, 25, generator=g).to(dtype)
+    rows = torch.tensor([1, 4, 9, 16, 25, 36])
+    middle = torch.sort(u[rows].to(torch.float64), dim=0).values[2:4]
+    center = robust_center(u, rows)
+    assert center.dtype == dtype
+    torch.testing.assert_close(center, middle.mean(dim=0).to(dtype))
+    big = torch.finfo(torch.float32).max
+    assert robust_center(torch.full((2, 3), big)).tolist() == [big] * 3  # no overflow to inf
+    with pytest.raises(ValueError, match="no rows"):
+        robust_center(u, torch.tensor([], dtype=torch.int64))
+
+
 def test_subsampled_centre_still_catches_sign_flips() -> None:
     g = torch.Generator().manual_seed(6)
     base = torch.randn(200, generator=g)

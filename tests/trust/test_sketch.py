@@ -14,6 +14,7 @@ from matl.trust.sketch import (
     round_sketch,
     sketch_cosines,
     sketch_width,
+    tight_group_members,
 )
 from matl.trust.tcdm import pairwise_cosines
 
@@ -119,6 +120,19 @@ def test_sketch_cosines_are_shared_and_keep_angles() -> None:
     v = torch.randn(3, 8, dtype=torch.float64, generator=g)  # small d: exact cosines
     exact = torch.nn.functional.cosine_similarity(v[:, None], v[None], dim=2)
     torch.testing.assert_close(sketch_cosines(v, 64), exact)
+
+
+def test_tight_groups_are_computed_once_per_round_and_threshold() -> None:
+    g = torch.Generator().manual_seed(8)
+    u = torch.randn(8, 5000, generator=g, dtype=torch.float64)
+    u[1:3] = u[0] + 0.05 * torch.randn(2, 5000, generator=g, dtype=torch.float64)  # cos ~0.999
+    members = tight_group_members(u, 256, 1, 0.99)
+    assert members.tolist() == [True] * 3 + [False] * 5
+    assert tight_group_members(u, 256, 1, 0.99) is members
+    loose = tight_group_members(u, 256, 1, 0.99999)  # another threshold: computed anew
+    assert loose is not members and not bool(loose.any())
+    u[3:5] = u[0]  # an in-place change: a new round's content
+    assert tight_group_members(u, 256, 1, 0.99).tolist() == [True] * 5 + [False] * 3
 
 
 def test_row_norms_are_shared_but_private_copies() -> None:

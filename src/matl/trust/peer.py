@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from matl.aggregation.base import RoundContext
-from matl.aggregation.order_stats import map_column_blocks, median_of_sorted
+from matl.aggregation.order_stats import column_ranks, midpoint
 from matl.aggregation.products import row_dots
 from matl.errors import ConfigError
 from matl.trust._util import (
@@ -41,20 +41,24 @@ _STREAM_CENTER = 1
 
 
 def robust_center(updates: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Coordinate-wise median of ``updates`` (or of the rows ``rows`` only), in the input dtype.
+    """Coordinate-wise median of ``updates`` (or of the rows ``rows`` only), in the input dtype
+    and device.
 
-    Uses the cache-blocked sort of :func:`matl.aggregation.order_stats.map_column_blocks`; for an
-    even number of rows each coordinate is the mean of its two middle values. ``updates`` is not
+    The middle ranks of every column come from
+    :func:`matl.aggregation.order_stats.column_ranks` (only those ranks are selected, nothing is
+    sorted whole); for an even number of rows each coordinate is the mean of its two middle
+    values, formed as :func:`~matl.aggregation.order_stats.midpoint` does. ``updates`` is not
     modified.
     """
-    d = updates.shape[1]
-    out = torch.empty(d, dtype=updates.dtype, device=updates.device)
-
-    def block(start: int, stop: int, tile: torch.Tensor, srt: torch.Tensor) -> None:
-        out[start:stop] = median_of_sorted(srt)
-
-    map_column_blocks(updates, block, rows=rows)
-    return out
+    m = updates.shape[0] if rows is None else int(rows.numel())
+    if m == 0:
+        raise ValueError("robust_center: no rows")
+    if m % 2 == 1:
+        values = column_ranks(updates, [m // 2], rows=rows)[0]
+    else:
+        lo, hi = column_ranks(updates, [m // 2 - 1, m // 2], rows=rows)
+        values = midpoint(lo, hi)
+    return torch.from_numpy(values).to(device=updates.device, dtype=updates.dtype)
 
 
 @dataclass(frozen=True, kw_only=True)

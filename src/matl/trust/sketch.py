@@ -306,8 +306,16 @@ def tight_group_members(
     """``(n,)`` bool: rows with at least two others at cosine ``>= tau`` (a group of three or
     more near-identical updates, as :class:`~matl.trust.tcdm.CommunitySignal` counts them), from
     the round's shared :func:`sketch_cosines` — the clients the innovation test and the peer
-    signal leave out of their references."""
+    signal leave out of their references. Computed once per round and ``tau`` (shared,
+    **read-only**)."""
     n = updates.shape[0]
     if n < 3:
         return torch.zeros(n, dtype=torch.bool)
-    return community_sizes(sketch_cosines(updates, k, seed=seed), tau) >= 3
+    width = None if _exact(updates, k) else k
+    return round_memo(
+        f"tight_groups:{float(tau)!r}",
+        updates,
+        width,
+        seed if width is not None else 0,
+        lambda: community_sizes(sketch_cosines(updates, k, seed=seed), tau) >= 3,
+    )
