@@ -373,7 +373,7 @@ def column_ranks(
     memory, selected ranks only; see the module docstring), in ``x``'s host dtype
     (:func:`host_array`). Exact order statistics: the result does not depend on the row order or
     the thread count. Measured for the peer signal's centre (the middle two ranks of 250 of 1000
-    float32 rows, ``d = 10^5``, 2 cores): 25–27 ms against 30–40 ms for the earlier full sort of
+    float32 rows, ``d = 10^5``, 2 cores): 26–28 ms against 30–44 ms for the earlier full sort of
     each column's tile.
     """
     source = host_array(x)
