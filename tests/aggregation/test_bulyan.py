@@ -13,7 +13,7 @@ from matl.aggregation import Bulyan, get_rule
 from matl.aggregation.bulyan import bulyan_select, closest_to_median_mean
 from matl.aggregation.distances import pairwise_sq_distances
 from matl.aggregation.krum import krum_scores
-from matl.aggregation.order_stats import median_of_sorted
+from matl.aggregation.order_stats import midpoint
 from matl.errors import ConfigError, PreconditionError
 
 DTYPES = [torch.float32, torch.float64]
@@ -51,7 +51,9 @@ def naive_recursive_krum(updates: torch.Tensor, f: int, theta: int) -> list[int]
 def closest_reference(values: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per column of ``values`` (float64): mean of the beta closest to the median, ties shared."""
     srt = torch.sort(values, dim=0).values
-    med = median_of_sorted(srt.T.contiguous())
+    n = values.shape[0]
+    mid = srt[n // 2]
+    med = mid if n % 2 else torch.from_numpy(midpoint(srt[n // 2 - 1].numpy(), mid.numpy()))
     gap = (values - med).abs()
     radius = torch.sort(gap, dim=0).values[beta - 1]
     inside = gap < radius

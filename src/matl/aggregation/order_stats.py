@@ -46,7 +46,6 @@ __all__ = [
     "column_runs",
     "host_array",
     "map_column_ranges",
-    "median_of_sorted",
     "midpoint",
     "run_layout",
     "slice_sums",
@@ -78,24 +77,10 @@ def sort_rows(tile: torch.Tensor) -> torch.Tensor:
     return torch.sort(tile, dim=1).values
 
 
-def median_of_sorted(sorted_tile: torch.Tensor) -> torch.Tensor:
-    """Median of each row of a row-sorted tile (mean of the two middles for an even width).
-
-    The mean of the two middles is formed as ``(lo + hi) / 2``, which stays in ``[lo, hi]`` under
-    rounding; where ``lo + hi`` overflows, as ``lo / 2 + hi / 2``.
-    """
-    m = sorted_tile.shape[1]
-    if m % 2 == 1:
-        return sorted_tile[:, m // 2].clone()
-    lo = sorted_tile[:, m // 2 - 1]
-    hi = sorted_tile[:, m // 2]
-    total = lo + hi
-    return torch.where(torch.isfinite(total), total * 0.5, lo * 0.5 + hi * 0.5)
-
-
 def midpoint(lo: FloatArray, hi: FloatArray) -> FloatArray:
-    """``(lo + hi) / 2`` elementwise, as :func:`median_of_sorted` forms it (same rounding): within
-    ``[lo, hi]``, and ``lo / 2 + hi / 2`` where ``lo + hi`` overflows."""
+    """``(lo + hi) / 2`` elementwise (the median of an even number of values from its two middle
+    ones): within ``[lo, hi]`` under rounding, and ``lo / 2 + hi / 2`` where ``lo + hi``
+    overflows."""
     with np.errstate(over="ignore", invalid="ignore"):
         total = lo + hi
         result: FloatArray = np.where(np.isfinite(total), total * 0.5, lo * 0.5 + hi * 0.5)
