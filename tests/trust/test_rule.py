@@ -275,6 +275,54 @@ def test_a_lasting_switch_holds_the_client(honest_rounds: Rounds, hold: int | No
         assert rule.held([0]) == []
 
 
+def _reversing_rounds(
+    rounds: int = 9, n: int = 20, byz: int = 9, d: int = 64
+) -> Iterator[tuple[torch.Tensor, RoundContext]]:
+    """Constructed rounds: client ``i`` sends its own fixed direction ``b_i`` plus noise (noise
+    level rising with ``i``, so honest consistencies spread over about 0.3–0.95); from round 5
+    the first ``byz`` clients (45 %) turn against their histories, to ``-0.5 b_i`` and then
+    ``-0.25 b_i`` plus noise: consistencies −0.55 to −0.1, but with so many switching at once
+    their robust z-scores stay moderate and several temporal scores stay above 0.1."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(n, d, generator=g)
+    base = base / torch.linalg.vector_norm(base, dim=1, keepdim=True)
+    noise = torch.linspace(0.3, 1.5, n).unsqueeze(1) / d**0.5
+    for rnd in range(rounds):
+        u = base + noise * torch.randn(n, d, generator=g)
+        if rnd >= 5:
+            turn = 0.5 if rnd == 5 else 0.25
+            u[:byz] = -turn * base[:byz] + torch.randn(byz, d, generator=g) / d**0.5
+        yield u, RoundContext(client_ids=tuple(range(n)), round=rnd)
+
+
+@pytest.mark.parametrize("reversal", [0.0, None])
+def test_a_switch_against_the_own_history_counts_as_failed(reversal: float | None) -> None:
+    """45 % of the clients turn against their own histories at once. With ``switch_reversal=0``
+    a switch with negative consistency counts as failed outright, so every switcher is held from
+    its second switching round on; without it only the temporal score counts, and the switchers
+    whose z-scores the crowd kept moderate are never held. Honest clients are held in neither."""
+    rule = MATLRule(mode=0, switch_reversal=reversal)
+    held: list[set[int]] = []
+    for u, ctx in _reversing_rounds():
+        res = rule(u, ctx)
+        assert res.details is not None
+        held.append(set(res.details["held"]))
+    switchers = set(range(9))
+    assert all(h <= switchers for h in held)
+    assert held[:6] == [set()] * 6
+    if reversal is None:
+        assert held[-1] and held[-1] != switchers
+    else:
+        assert all(h == switchers for h in held[6:])
+
+
+def test_switch_reversal_is_checked() -> None:
+    assert MATLRule(switch_reversal=-0.2).switch_reversal == -0.2
+    for bad in (1.5, -2.0, "0"):
+        with pytest.raises(ConfigError, match="switch_reversal"):
+            MATLRule(switch_reversal=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("restart", [True, False])
 def test_a_switch_restarts_the_pogq_history(honest_rounds: Rounds, restart: bool) -> None:
     """Six sleepers send their honest updates for six rounds, then flip them (unscaled, so no norm
