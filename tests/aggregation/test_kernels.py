@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from matl.aggregation.kernels import gain_and_direction, kernel_dtype, row_norms, sketch_and_norms
+from matl.aggregation.kernels import (
+    gain_and_direction,
+    kernel_dtype,
+    row_norms,
+    sketch_and_norms,
+    sketch_norms_gain,
+)
 from matl.aggregation.memo import round_norms
 from matl.aggregation.products import PARALLEL_MIN_ELEMENTS
 from matl.trust.sketch import (
@@ -99,6 +105,33 @@ def test_gain_and_direction_match_the_products(rows: int) -> None:
     torch.testing.assert_close(dots, want_dots, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(direction, want_direction, rtol=1e-4, atol=1e-4)
     assert direction.dtype == x.dtype
+
+
+def test_wrong_arguments_are_refused_before_the_compiled_loops_read_them() -> None:
+    """The loops index without bounds checks: a short vector would be read past its end and a
+    bucket out of range written past the sketch, so the wrappers refuse both with a clear error."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 300, generator=gen)
+    signs, buckets, _ = _plan(300, 16, 0)
+    signs = signs.float()
+    grad, inverse = torch.randn(300, generator=gen), torch.ones(5, dtype=torch.float64)
+    bad_calls = {
+        "x must be": lambda: row_norms(x.T),
+        "signs must be a CPU vector of length 300": lambda: sketch_and_norms(
+            x, signs[:-1], buckets, 16
+        ),
+        "signs must have": lambda: sketch_and_norms(x, signs.double(), buckets, 16),
+        r"must lie in \[0, 8\)": lambda: sketch_and_norms(x, signs, buckets, 8),
+        "buckets must be": lambda: sketch_and_norms(x, signs, buckets.int(), 16),
+        "width k": lambda: sketch_and_norms(x, signs, buckets, 0),
+        "g must be": lambda: sketch_norms_gain(x, signs, buckets, 16, grad[:10]),
+        "inverse must be": lambda: gain_and_direction(x, grad, inverse[:4]),
+    }
+    for message, call in bad_calls.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+    sketch, norms = sketch_and_norms(x, signs, buckets, 16)  # the same arguments, right
+    assert sketch.shape == (5, 16) and norms.shape == (5,)
 
 
 def test_large_inputs_split_into_chunks_give_the_same_results_with_any_thread_count() -> None:

@@ -214,10 +214,51 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
+# The compiled loops index without bounds checks (a short vector is read past its end, a bucket out
+# of range is written past the sketch's), so each wrapper checks its arguments first: O(1) apart
+# from the bucket map's range, O(m) against the pass's O(nd).
+
+
+def _check_rows(x: torch.Tensor) -> None:
+    if not kernel_dtype(x):
+        raise ValueError(
+            "kernels: x must be a 2-D CPU float32 or float64 tensor with contiguous rows, got "
+            f"shape {tuple(x.shape)}, {x.dtype} on {x.device.type}"
+        )
+
+
+def _check_vector(v: torch.Tensor, length: int, name: str) -> None:
+    if v.ndim != 1 or v.shape[0] != length or v.device.type != "cpu":
+        raise ValueError(
+            f"kernels: {name} must be a CPU vector of length {length}, got shape "
+            f"{tuple(v.shape)} on {v.device.type}"
+        )
+
+
+def _check_sketch(x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int) -> None:
+    """``x`` a kernel input, ``signs`` ``(d,)`` in ``x``'s dtype, ``buckets`` a non-empty int64
+    vector with values in ``[0, k)``."""
+    _check_rows(x)
+    _check_vector(signs, x.shape[1], "signs")
+    if signs.dtype != x.dtype:
+        raise ValueError(f"kernels: signs must have x's dtype {x.dtype}, got {signs.dtype}")
+    if int(k) < 1:
+        raise ValueError(f"kernels: the sketch width k must be >= 1, got {k}")
+    if buckets.ndim != 1 or buckets.numel() < 1 or buckets.dtype != torch.int64:
+        raise ValueError(
+            "kernels: buckets must be a non-empty int64 vector, got shape "
+            f"{tuple(buckets.shape)}, {buckets.dtype}"
+        )
+    _check_vector(buckets, buckets.numel(), "buckets")  # on the CPU
+    if int(buckets.min()) < 0 or int(buckets.max()) >= int(k):
+        raise ValueError(f"kernels: bucket indices must lie in [0, {k})")
+
+
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """``(n,)`` float64 Euclidean norms of the rows of ``x`` (summed in float64; the same loop as
     :func:`sketch_and_norms`, so the two give the same bits). ``x`` must satisfy
-    :func:`kernel_dtype`."""
+    :func:`kernel_dtype` (else :class:`ValueError`)."""
+    _check_rows(x)
     n = x.shape[0]
     norms = np.empty(n, dtype=np.float64)
     xs = _numpy(x)
@@ -237,8 +278,9 @@ def sketch_and_norms(
     ``signs`` (``(d,)``, ``x``'s dtype) and ``buckets`` (``(m,)`` int64, values in ``[0, k)``)
     define the count sketch of :mod:`matl.trust.sketch`: coordinate :math:`j` belongs to run
     :math:`j \bmod m`, and run :math:`w` is added to bucket ``buckets[w]`` with its coordinates'
-    signs. ``x`` must satisfy :func:`kernel_dtype`.
+    signs. ``x`` must satisfy :func:`kernel_dtype`; wrong arguments raise :class:`ValueError`.
     """
+    _check_sketch(x, signs, buckets, k)
     n, _ = x.shape
     out = np.zeros((n, k), dtype=np.float64)
     norms = np.empty(n, dtype=np.float64)
@@ -258,7 +300,9 @@ def sketch_norms_gain(
     and :func:`gain_and_direction` with :math:`\iota_i = 1/\lVert u_i\rVert` for every row whose
     norm is at least the dtype's smallest normal number (so that :math:`\iota_i` fits the dtype;
     the caller removes the rows it may not pick afterwards). ``x`` must satisfy
-    :func:`kernel_dtype`; ``g`` is cast to ``x``'s dtype."""
+    :func:`kernel_dtype`; ``g`` (``(d,)``) is cast to ``x``'s dtype."""
+    _check_sketch(x, signs, buckets, k)
+    _check_vector(g, x.shape[1], "g")
     n, d = x.shape
     out = np.zeros((n, k), dtype=np.float64)
     norms = np.empty(n, dtype=np.float64)
@@ -291,7 +335,10 @@ def gain_and_direction(
     :math:`\sum_i \iota_i u_i` over the rows with :math:`u_i^\top g < 0` and :math:`\iota_i > 0`
     (``inverse``, float64: PoGQ's :math:`1/\lVert u_i\rVert` of the rows it may pick, 0 for the
     others), in ``x``'s dtype — in one read of each row. ``x`` must satisfy :func:`kernel_dtype`;
-    ``g`` is cast to ``x``'s dtype."""
+    ``g`` (``(d,)``) is cast to ``x``'s dtype; wrong shapes raise :class:`ValueError`."""
+    _check_rows(x)
+    _check_vector(g, x.shape[1], "g")
+    _check_vector(inverse, x.shape[0], "inverse")
     n, d = x.shape
     xs = _numpy(x)
     gs = _numpy(g.detach().to(x.dtype).contiguous())
