@@ -27,8 +27,9 @@ One round, for updates :math:`u_1, \dots, u_n` (deltas from the global model):
    ``cartel_weight``.
 5. **Reputation.** :class:`~matl.trust.reputation.ReputationBook` updates each client's
    :math:`r_i` (a violation = not trusted, or in a cartel) and quarantines repeat offenders; a
-   client whose temporal test fails in ``switch_hold`` consecutive rounds, once outright, is held
-   in quarantine until released by hand.
+   client whose temporal test fails in ``switch_hold`` consecutive rounds, once outright (a
+   temporal score at most ``attack_signature``, or an update turned against the client's own
+   history: consistency below ``switch_reversal``), is held in quarantine until released by hand.
 6. **Weights.** Eligible clients are those trusted and not quarantined; their weight is
 
    .. math::
