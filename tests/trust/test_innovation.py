@@ -405,7 +405,7 @@ def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
     with it, which it exceeds by one width only (score about 0.6, not about 0)."""
     scores = {}
     for margin in (0.0, 0.1):
-        sig = InnovationSignal(threshold=0.8, early_margin=margin)
+        sig = InnovationSignal(threshold=0.8, early_margin=margin, early_quorum=0.0)
         for u, ctx in honest_rounds(2, scheme="iid", model="logreg"):
             res = sig(u, ctx)
         scores[margin] = res.scores
@@ -414,3 +414,46 @@ def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
     assert 0.8 + 2 * 0.05 < float(ratios[worst]) < 0.88 + 2 * 0.05  # precondition
     assert float(scores[0.0][worst]) < 0.1 and float(scores[0.1][worst]) > 0.5
     assert float(scores[0.1].min()) == float(scores[0.1][worst])  # nobody else failed
+
+
+def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> None:
+    """The same lone first innovation as above (T = 0.8, no margin): with ``early_quorum`` 0.08
+    (⌈0.08 · 20⌉ = 2 clients over their limits needed) it is the only client over and waits
+    (neutral); with a second, noisy client over too, both are scored (the noisy one shifts the
+    round's reference, so the honest one's score moves a little). The quorum counts the
+    settled clients as well, and from the third innovation on a lone client is scored anyway."""
+
+    def round_one(noisy: bool, quorum: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sig = InnovationSignal(threshold=0.8, early_margin=0.0, early_quorum=quorum)
+        g = torch.Generator().manual_seed(4)
+        for u, ctx in honest_rounds(2, scheme="iid", model="logreg"):
+            if noisy:
+                _add_noise(u, slice(19, 20), g, 3.0)
+            res = sig(u, ctx)
+        return res.scores, res.raw["innovation"]
+
+    off, ratios = round_one(noisy=False, quorum=0.0)
+    worst = int(torch.argmax(ratios[:19]))
+    assert float(off[worst]) < 0.1  # precondition: fails outright without the quorum
+    alone, _ = round_one(noisy=False, quorum=0.08)
+    assert alone.tolist() == [1.0] * 20
+    crowd, _ = round_one(noisy=True, quorum=0.08)
+    assert float(crowd[worst]) < 0.5 and float(crowd[19]) < 0.1  # both scored (and penalised)
+
+    # A lone noisy client: neutral for its first two innovations, caught from the third.
+    sig = InnovationSignal()
+    g = torch.Generator().manual_seed(5)
+    caught = []
+    for u, ctx in honest_rounds(6, scheme="dirichlet", model="mlp"):
+        _add_noise(u, slice(0, 1), g, 2.0)
+        res = sig(u, ctx)
+        caught.append(float(res.scores[0]) < 0.05)
+        assert float(res.scores[1:].min()) == 1.0
+    assert caught == [False, False, False, True, True, True]
+
+
+def test_early_quorum_is_checked() -> None:
+    assert InnovationSignal(early_quorum=0.5).early_quorum == 0.5
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="early_quorum"):
+            InnovationSignal(early_quorum=bad)
