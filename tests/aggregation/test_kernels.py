@@ -132,6 +132,8 @@ def test_wrong_arguments_are_refused_before_the_compiled_loops_read_them() -> No
             call()
     sketch, norms = sketch_and_norms(x, signs, buckets, 16)  # the same arguments, right
     assert sketch.shape == (5, 16) and norms.shape == (5,)
+    with pytest.raises(ValueError, match="width >= 1"):  # zero-width rows: nothing to sketch
+        count_sketch(torch.zeros(3, 0), 4)
 
 
 def test_large_inputs_split_into_chunks_give_the_same_results_with_any_thread_count() -> None:

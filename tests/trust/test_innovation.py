@@ -454,6 +454,26 @@ def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> 
 
 def test_early_quorum_is_checked() -> None:
     assert InnovationSignal(early_quorum=0.5).early_quorum == 0.5
-    for bad in (-0.1, 1.5):
+    for bad in (-0.1, 1.5, True, float("nan")):
         with pytest.raises(ConfigError, match="early_quorum"):
             InnovationSignal(early_quorum=bad)
+
+
+def test_the_quorum_is_exact_in_whole_numbers_and_spares_clients_under_their_limits() -> None:
+    """Seven noisy clients of 100 at ``early_quorum`` 0.07: q · n is 7.000000000000001 in
+    binary, and the quorum is still 7, so all seven are scored from their first innovation. An
+    unsettled client under its limit scores 1 whatever the quorum, also with a ``neutral`` below
+    1, which only waiting clients over their limits get."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(100, 64, generator=g)
+    sig = InnovationSignal(early_quorum=0.07, neutral=0.5)
+    quiet = InnovationSignal(neutral=0.5)
+    for rnd in range(2):
+        u = base + 0.01 * torch.randn(100, 64, generator=g)
+        ctx = RoundContext(client_ids=tuple(range(100)), round=rnd)
+        calm = quiet(u[:20].clone(), RoundContext(client_ids=tuple(range(20)), round=rnd))
+        u[:7] += 5.0 * torch.randn(7, 64, generator=g)  # fresh noise every round
+        res = sig(u, ctx)
+    assert float(res.scores[:7].max()) < 0.1  # scored: the quorum of 7 is met
+    assert res.scores[7:].tolist() == [1.0] * 93
+    assert calm.scores.tolist() == [1.0] * 20  # nobody over: nobody waits at 0.5

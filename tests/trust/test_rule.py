@@ -281,8 +281,9 @@ def _reversing_rounds(
     """Constructed rounds: client ``i`` sends its own fixed direction ``b_i`` plus noise (noise
     level rising with ``i``, so honest consistencies spread over about 0.3–0.95); from round 5
     the first ``byz`` clients (45 %) turn against their histories, to ``-0.5 b_i`` and then
-    ``-0.25 b_i`` plus noise: consistencies −0.55 to −0.1, but with so many switching at once
-    their robust z-scores stay moderate and several temporal scores stay above 0.1."""
+    ``-0.25 b_i`` plus noise: consistencies −0.55 to −0.3 at the turn and about −0.55 to +0.02
+    after it, and with so many switching at once their robust z-scores stay moderate and several
+    temporal scores stay above 0.1."""
     g = torch.Generator().manual_seed(1)
     base = torch.randn(n, d, generator=g)
     base = base / torch.linalg.vector_norm(base, dim=1, keepdim=True)
@@ -318,7 +319,7 @@ def test_a_switch_against_the_own_history_counts_as_failed(reversal: float | Non
 
 def test_switch_reversal_is_checked() -> None:
     assert MATLRule(switch_reversal=-0.2).switch_reversal == -0.2
-    for bad in (1.5, -2.0, "0"):
+    for bad in (1.5, -2.0, "0", True, float("nan")):
         with pytest.raises(ConfigError, match="switch_reversal"):
             MATLRule(switch_reversal=bad)  # type: ignore[arg-type]
 

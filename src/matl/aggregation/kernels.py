@@ -236,14 +236,16 @@ def _check_vector(v: torch.Tensor, length: int, name: str) -> None:
 
 
 def _check_sketch(x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int) -> None:
-    """``x`` a kernel input, ``signs`` ``(d,)`` in ``x``'s dtype, ``buckets`` a non-empty int64
-    vector with values in ``[0, k)``."""
+    """``x`` a kernel input of width ``d >= 1``, ``signs`` ``(d,)`` in ``x``'s dtype, ``buckets``
+    a non-empty int64 vector with values in ``[0, k)``."""
     _check_rows(x)
     _check_vector(signs, x.shape[1], "signs")
     if signs.dtype != x.dtype:
         raise ValueError(f"kernels: signs must have x's dtype {x.dtype}, got {signs.dtype}")
     if int(k) < 1:
         raise ValueError(f"kernels: the sketch width k must be >= 1, got {k}")
+    if x.shape[1] < 1:
+        raise ValueError("kernels: the rows to sketch must have width >= 1, got 0")
     if buckets.ndim != 1 or buckets.numel() < 1 or buckets.dtype != torch.int64:
         raise ValueError(
             "kernels: buckets must be a non-empty int64 vector, got shape "

@@ -184,8 +184,8 @@ class InnovationSignal:
     16: client 26 at 1.84, one of two clients over; seed 18: client 28 at 1.78, the only one). So
     an *unsettled* client — fewer than three innovations — is scored only in a round in which at
     least :math:`\lceil q n \rceil` of the round's :math:`n` clients are over their limits
-    (``early_quorum`` :math:`q = 0.08`: 4 of 50, one more than the honest maximum); otherwise it
-    scores ``neutral`` that round, and its running value is kept as usual. From its third
+    (``early_quorum`` :math:`q = 0.08`: 4 of 50, one more than the honest maximum); otherwise,
+    if it is over its own limit, it scores ``neutral`` that round, and its running value is kept as usual. From its third
     innovation on a client is scored alone. In rounds of at most :math:`1/q` clients (12 at the
     default) the quorum is one client, which is no gate at all. On calibration seeds 10–19 (every attack at 20–45 % in
     Mode 1 and 20–33 % in Mode 0, seeds 10–11; attack-free seeds 10–19 in both modes; 232 runs)
@@ -372,9 +372,11 @@ class InnovationSignal:
         scored = count >= self.min_observations
         limit = self.limit(count)
         over = scored & (running > limit)
-        if int(over.sum()) < math.ceil(self.early_quorum * n):
-            # Too few clients over their limits for noise: the unsettled ones wait (neutral).
-            scored = scored & (count >= _SETTLED)
+        # (less a hair, so that a product like 0.07 · 100 = 7.000000000000001 asks for 7, not 8)
+        if int(over.sum()) < math.ceil(self.early_quorum * n - 1e-9):
+            # Too few clients over their limits for noise: the unsettled ones over theirs wait
+            # (neutral); those under score 1 as ever.
+            scored = scored & ((count >= _SETTLED) | ~over)
         excess = ((running - limit) / self.width).clamp_min(0.0)
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))
         return SignalResult(
