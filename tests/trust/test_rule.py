@@ -317,6 +317,31 @@ def test_a_switch_against_the_own_history_counts_as_failed(reversal: float | Non
         assert all(h == switchers for h in held[6:])
 
 
+def test_a_reversal_counts_as_a_switch_whatever_its_z_score() -> None:
+    """When 45 % of the clients turn at once, the robust z-scores of their second turned round
+    can stay under z₀ (2.4–3.0 on MNIST, seed 16) although their consistency is still about
+    −0.5, which broke the hold's streak of switches. Constructed TCDM results: a client with a
+    history whose consistency is below ``switch_reversal`` counts as switched and failed
+    whatever its z-score; a low but positive consistency, or no history, does not."""
+    from matl.trust.base import SignalResult
+
+    raw = {
+        "consistency_z": torch.tensor([2.5, 2.5, 2.5, 6.0], dtype=torch.float64),
+        "consistency": torch.tensor([-0.4, 0.2, -0.4, 0.1], dtype=torch.float64),
+        "has_history": torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64),
+        "temporal": torch.tensor([0.8, 0.8, 1.0, 0.0], dtype=torch.float64),
+    }
+    results = {"tcdm": SignalResult(scores=torch.ones(4, dtype=torch.float64), raw=raw)}
+    switched, failed = MATLRule(mode=0)._switch_flags(results)
+    assert switched is not None and failed is not None
+    assert switched.tolist() == [True, False, False, True]
+    assert failed.tolist() == [True, False, False, True]
+    switched, failed = MATLRule(mode=0, switch_reversal=None)._switch_flags(results)
+    assert switched is not None and failed is not None
+    assert switched.tolist() == [False, False, False, True]
+    assert failed.tolist() == [False, False, False, True]
+
+
 def test_switch_reversal_is_checked() -> None:
     assert MATLRule(switch_reversal=-0.2).switch_reversal == -0.2
     for bad in (1.5, -2.0, "0", True, float("nan")):
