@@ -179,21 +179,21 @@ class InnovationSignal:
 
     Noise is a crowd's behaviour when it matters, an honest outlier a lone one: on the attack-free
     calibration seeds 10–19 (Mode 1) at most three honest clients of 50 were over their limits in
-    any round, while every additive Gaussian client (10 at 20 %, 22 at 45 %) was over in every
-    round from round 1 on. The remaining early false positives were lone first innovations (seed
-    16: client 26 at 1.84, one of two clients over; seed 18: client 28 at 1.78, the only one). So
-    an *unsettled* client — fewer than three innovations — is scored only in a round in which at
-    least :math:`\lceil q n \rceil` of the round's :math:`n` clients are over their limits
-    (``early_quorum`` :math:`q = 0.08`: 4 of 50, one more than the honest maximum); otherwise,
-    if it is over its own limit, it scores ``neutral`` that round, and its running value is kept as usual. From its third
-    innovation on a client is scored alone. In rounds of at most :math:`1/q` clients (12 at the
-    default) the quorum is one client, which is no gate at all. On calibration seeds 10–19 (every attack at 20–45 % in
-    Mode 1 and 20–33 % in Mode 0, seeds 10–11; attack-free seeds 10–19 in both modes; 232 runs)
-    this took the attack-free false-positive rate of seeds 16 and 18 from 0.0007 to 0 in both
-    modes (Mode 0 is now 0 on all ten seeds), changed no detection rate, and moved one
-    false-positive rate (Mode 0, label flip 33 %, seed 11: 0.001 → 0.002). The price: fewer than
-    :math:`\lceil q n \rceil` noisy clients go unscored for their first two innovations (scored
-    from round 3 of a run instead of round 1; a unit test sends one).
+    any round, while every additive Gaussian client (10 at 20 %, 22 at 45 %) was over in every round
+    from round 1 on. The remaining early false positives were lone first innovations (seed 16:
+    client 26 at 1.84, one of two clients over; seed 18: client 28 at 1.78, the only one). So an
+    *unsettled* client — fewer than three innovations — is scored only in a round in which at least
+    :math:`\lceil q n \rceil` of the round's :math:`n` clients are over their limits
+    (``early_quorum`` :math:`q = 0.08`: 4 of 50, one more than the honest maximum); otherwise, if it
+    is over its own limit, it scores ``neutral`` that round, and its running value is kept as usual.
+    From its third innovation on a client is scored alone. In rounds of at most :math:`1/q` clients
+    (12 at the default) the quorum is one client, which is no gate at all. On calibration seeds
+    10–19 (every attack at 20–45 % in Mode 1 and 20–33 % in Mode 0, seeds 10–11; attack-free seeds
+    10–19 in both modes; 232 runs) this took the attack-free false-positive rate of seeds 16 and 18
+    from 0.0007 to 0 in both modes (Mode 0 is now 0 on all ten seeds), changed no detection rate,
+    and moved one false-positive rate (Mode 0, label flip 33 %, seed 11: 0.001 → 0.002). The price:
+    fewer than :math:`\lceil q n \rceil` noisy clients go unscored for their first two innovations
+    (scored from round 3 of a run instead of round 1; a unit test sends one).
 
     Only consecutive participations are compared (the client was also in the previous call; one
     call is one round): a client that skipped rounds has a deviation that moved for reasons of

@@ -29,8 +29,8 @@ engine uses 0.5).
 **Held clients.** With ``hold_after_switches`` :math:`H` (off by default; the trust engine uses
 2) the book also counts each client's consecutive *switches* — participations in which the caller
 reports that its update turned away from its own history (the trust engine passes TCDM's temporal
-test, :math:`z_i > z_0`, or a consistency below ``switch_reversal``), and whether the current run of switches holds a *failed* one (the
-caller's flag ``switch_failed``; the trust engine's: the temporal score itself at most the attack
+test, :math:`z_i > z_0`, or a consistency below ``switch_reversal``), and whether the current
+run of switches holds a *failed* one (the caller's flag ``switch_failed``; the trust engine's: the temporal score itself at most the attack
 signature, :math:`z_i \\ge z_0 + 2.15`, or the update turned against the history, consistency
 below ``switch_reversal``, default 0). A client with :math:`H` switches in a row, one of them
 failed, is *held*: quarantined, and never released by clean rounds, only by

@@ -295,7 +295,9 @@ class MATLRule(AggregationRule):
         ``attack_signature``, while their consistency is −0.84 to −0.30; the lowest honest
         consistency over 40 136 honest client-rounds was +0.108 (``docs/trust.md``, "Holding a
         client that switched"). PoGQ's restart (``restart_on_switch``) still follows
-        :math:`z_i > z_0` only.
+        :math:`z_i > z_0` only. That honest bound holds for the full engine; with TCDM as the only
+        signal under 45 % scaling, honest consistencies of −0.07 to −0.01 occurred in round 2 and
+        were held (``docs/trust.md``, "A reversal is a switch too").
     seed:
         Seed of the cartel sketch and of randomising liars.
 
