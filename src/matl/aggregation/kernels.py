@@ -246,12 +246,16 @@ def _check_sketch(x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k
         raise ValueError(f"kernels: the sketch width k must be >= 1, got {k}")
     if x.shape[1] < 1:
         raise ValueError("kernels: the rows to sketch must have width >= 1, got 0")
-    if buckets.ndim != 1 or buckets.numel() < 1 or buckets.dtype != torch.int64:
+    if (
+        buckets.ndim != 1
+        or buckets.numel() < 1
+        or buckets.dtype != torch.int64
+        or buckets.device.type != "cpu"
+    ):
         raise ValueError(
-            "kernels: buckets must be a non-empty int64 vector, got shape "
-            f"{tuple(buckets.shape)}, {buckets.dtype}"
+            "kernels: buckets must be a non-empty int64 CPU vector, got shape "
+            f"{tuple(buckets.shape)}, {buckets.dtype} on {buckets.device.type}"
         )
-    _check_vector(buckets, buckets.numel(), "buckets")  # on the CPU
     if int(buckets.min()) < 0 or int(buckets.max()) >= int(k):
         raise ValueError(f"kernels: bucket indices must lie in [0, {k})")
 
