@@ -801,6 +801,17 @@ def test_products_are_read_ahead_only_on_the_fast_path_of_a_sketched_input(
     assert not PoGQSignal(path="fast").prepare(u, ctx, 64, 0)  # d ≤ 4k: no sketch
     bare = RoundContext(client_ids=ctx.client_ids)
     assert not PoGQSignal(path="fast").prepare(u, bare, 8, 0)  # the call reports what is missing
+    # θ or the validation batch on another device than the updates (a GPU model, CPU updates):
+    # the read-ahead steps aside, and the call reports the mismatch.
+    # (the "meta" device stands in for a GPU: its gradient comes back on it, as a GPU's would)
+    x, y = ctx.validation
+    elsewhere = dataclasses.replace(
+        ctx, global_params=ctx.global_params.to("meta"), validation=(x.to("meta"), y.to("meta"))
+    )
+    assert not PoGQSignal(path="fast").prepare(u, elsewhere, 8, 0)
+    for path in ("fast", "exact"):
+        with pytest.raises(ConfigError, match=r"updates are on cpu but .* on meta"):
+            PoGQSignal(path=path)(u, elsewhere)
 
 
 def test_products_read_ahead_serve_only_the_updates_and_context_they_came_from(

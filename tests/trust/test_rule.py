@@ -296,9 +296,9 @@ def _reversing_rounds(
         yield u, RoundContext(client_ids=tuple(range(n)), round=rnd)
 
 
-@pytest.mark.parametrize("reversal", [0.0, None])
+@pytest.mark.parametrize("reversal", [-0.2, None])
 def test_a_switch_against_the_own_history_counts_as_failed(reversal: float | None) -> None:
-    """45 % of the clients turn against their own histories at once. With ``switch_reversal=0``
+    """45 % of the clients turn against their own histories at once. With ``switch_reversal``
     a switch with negative consistency counts as failed outright, so every switcher is held from
     its second switching round on; without it only the temporal score counts, and the switchers
     whose z-scores the crowd kept moderate are never held. Honest clients are held in neither."""
@@ -326,20 +326,24 @@ def test_a_reversal_counts_as_a_switch_whatever_its_z_score() -> None:
     from matl.trust.base import SignalResult
 
     raw = {
-        "consistency_z": torch.tensor([2.5, 2.5, 2.5, 6.0], dtype=torch.float64),
-        "consistency": torch.tensor([-0.4, 0.2, -0.4, 0.1], dtype=torch.float64),
-        "has_history": torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64),
-        "temporal": torch.tensor([0.8, 0.8, 1.0, 0.0], dtype=torch.float64),
+        "consistency_z": torch.tensor([2.5, 2.5, 2.5, 6.0, 2.5], dtype=torch.float64),
+        "consistency": torch.tensor([-0.4, 0.2, -0.4, 0.1, -0.07], dtype=torch.float64),
+        "has_history": torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64),
+        "temporal": torch.tensor([0.8, 0.8, 1.0, 0.0, 0.8], dtype=torch.float64),
     }
-    results = {"tcdm": SignalResult(scores=torch.ones(4, dtype=torch.float64), raw=raw)}
-    switched, failed = MATLRule(mode=0)._switch_flags(results)
-    assert switched is not None and failed is not None
-    assert switched.tolist() == [True, False, False, True]
-    assert failed.tolist() == [True, False, False, True]
+    results = {"tcdm": SignalResult(scores=torch.ones(5, dtype=torch.float64), raw=raw)}
+    # The default margin -0.2: a client barely against its history (-0.07, as honest clients
+    # were in round 2 of a scaling run with TCDM alone) is not reversed; at 0 it is.
+    for reversal, last in ((-0.2, False), (0.0, True)):
+        switched, failed = MATLRule(mode=0, switch_reversal=reversal)._switch_flags(results)
+        assert switched is not None and failed is not None
+        assert switched.tolist() == [True, False, False, True, last]
+        assert failed.tolist() == [True, False, False, True, last]
+    assert MATLRule().switch_reversal == -0.2
     switched, failed = MATLRule(mode=0, switch_reversal=None)._switch_flags(results)
     assert switched is not None and failed is not None
-    assert switched.tolist() == [False, False, False, True]
-    assert failed.tolist() == [False, False, False, True]
+    assert switched.tolist() == [False, False, False, True, False]
+    assert failed.tolist() == [False, False, False, True, False]
 
 
 def test_switch_reversal_is_checked() -> None:

@@ -463,7 +463,8 @@ class PoGQSignal:
         r"""Read the fast path's products in the round's sketch pass, ahead of the call.
 
         When this round will take the fast path (consensus over every improving update, a CPU
-        float32/float64 input, a real sketch of width ``k``), the validation gradient :math:`g`
+        float32/float64 input with θ and the validation batch on its device, a real sketch of
+        width ``k``), the validation gradient :math:`g`
         is computed now and :func:`~matl.trust.sketch.round_sketch_gain` reads :math:`u_i^\top
         g` and :math:`\sum u_i/\lVert u_i\rVert` over the rows with :math:`u_i^\top g < 0` in
         the same read of the updates as the round's sketch ``(k, seed)`` and row norms; the next
@@ -483,6 +484,7 @@ class PoGQSignal:
         n, d = updates.shape
         if (
             any(t.is_inference() for t in (updates, theta, x, y))  # no version counter to check
+            or any(t.device != updates.device for t in (theta, x, y))  # the call reports it
             or theta.numel() != d
             or self.resolve_path(n, d, int(y.shape[0])) != "fast"
             or sketch_width(d, k) != k
@@ -533,6 +535,13 @@ class PoGQSignal:
         keys = unique_keys(n, ctx, "pogq")
         if theta.numel() != d:
             raise ConfigError(f"pogq: updates have d={d} but global_params has {theta.numel()}")
+        elsewhere = {t.device for t in (theta, x, y)} - {updates.device}
+        if elsewhere:
+            raise ConfigError(
+                f"pogq: the updates are on {updates.device} but the global parameters or the "
+                f"validation batch on {', '.join(sorted(map(str, elsewhere)))}; put them on one "
+                "device"
+            )
         norms = pogq_norms(updates)
         med_norm = median(norms)
         ratio = (

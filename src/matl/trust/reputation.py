@@ -32,7 +32,7 @@ reports that its update turned away from its own history (the trust engine passe
 test, :math:`z_i > z_0`, or a consistency below ``switch_reversal``), and whether the current
 run of switches holds a *failed* one (the caller's flag ``switch_failed``; the trust engine's: the temporal score itself at most the attack
 signature, :math:`z_i \\ge z_0 + 2.15`, or the update turned against the history, consistency
-below ``switch_reversal``, default 0). A client with :math:`H` switches in a row, one of them
+below ``switch_reversal``, default −0.2). A client with :math:`H` switches in a row, one of them
 failed, is *held*: quarantined, and never released by clean rounds, only by
 :meth:`ReputationBook.release`. An isolated switch is
 noise; a switch that persists is a change of behaviour — a sleeper that starts attacking after an

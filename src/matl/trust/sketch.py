@@ -190,6 +190,10 @@ def sketch_layout_changed(state: dict[str, Any], width: int | None, sketch_dim: 
     """Whether a saved state's vectors of ``width`` were sketched with another layout than
     :data:`SKETCH_LAYOUT` (a state without ``"sketch_layout"`` predates the tag: contiguous
     runs). Only sketched vectors (``width == sketch_dim``) depend on the layout; exact rows do not.
+    An untagged state of a model with exactly ``sketch_dim`` parameters is ambiguous (its rows
+    were exact, but a sketch has the same width) and counts as changed: its vectors are dropped
+    and rebuilt from the next participation, which costs a round's comparisons, never a wrong
+    one. States saved since the tag was added (stop 22) are never ambiguous.
     """
     if width is None or sketch_dim is None or int(width) != int(sketch_dim):
         return False
