@@ -74,6 +74,22 @@ def test_report_scores_the_targets() -> None:
     assert "(1 not ok)" in text
 
 
+def test_held_out_attack_free_seeds_are_summarised_apart() -> None:
+    """Attack-free runs on seeds FedAvg did not run are summarised in their own table (seeds with
+    no false positive, mean and worst rate); the per-seed table keeps the benchmark's seeds."""
+    rows = _rows()
+    for s, fpr in ((100, 0.0), (101, 0.004), (102, 0.0), (103, 0.001)):
+        rows.append(
+            _row("matl", "none", 0.0, s, false_positive_rate=fpr, **{"defense_params.mode": 1})
+        )
+    text = trust_report(rows)
+    assert "FPR seed 100" not in text
+    assert "| MATL Mode 1 | 0.000 | 0.000 | 0.000 | 0.950 |" in text
+    assert "Held-out seeds" in text
+    assert "| MATL Mode 1 | 4 (100–103) | 2 of 4 | 0.0013 | 0.0040 (101) | 0.950 |" in text
+    assert "Held-out seeds" not in trust_report(_rows())
+
+
 def test_zero_reference_accuracy_is_a_reference() -> None:
     rows = [
         _row("fedavg", "none", 0.0, 0, final_accuracy=0.0),

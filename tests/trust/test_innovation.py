@@ -421,7 +421,8 @@ def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> 
     (⌈0.08 · 20⌉ = 2 clients over their limits needed) it is the only client over and waits
     (neutral); with a second, noisy client over too, both are scored (the noisy one shifts the
     round's reference, so the honest one's score moves a little). The quorum counts the
-    settled clients as well, and from the third innovation on a lone client is scored anyway."""
+    settled clients as well, and from the ``quorum_window``-th innovation on a lone client is
+    scored anyway."""
 
     def round_one(noisy: bool, quorum: float) -> tuple[torch.Tensor, torch.Tensor]:
         sig = InnovationSignal(threshold=0.8, early_margin=0.0, early_quorum=quorum)
@@ -440,16 +441,19 @@ def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> 
     crowd, _ = round_one(noisy=True, quorum=0.08)
     assert float(crowd[worst]) < 0.5 and float(crowd[19]) < 0.1  # both scored (and penalised)
 
-    # A lone noisy client: neutral for its first two innovations, caught from the third.
-    sig = InnovationSignal()
-    g = torch.Generator().manual_seed(5)
-    caught = []
-    for u, ctx in honest_rounds(6, scheme="dirichlet", model="mlp"):
-        _add_noise(u, slice(0, 1), g, 2.0)
-        res = sig(u, ctx)
-        caught.append(float(res.scores[0]) < 0.05)
-        assert float(res.scores[1:].min()) == 1.0
-    assert caught == [False, False, False, True, True, True]
+    # A lone noisy client: neutral for its first quorum_window - 1 innovations, caught from the
+    # next (round 0 has no innovation).
+    for window in (3, 6):
+        sig = InnovationSignal(quorum_window=window)
+        g = torch.Generator().manual_seed(5)
+        caught = []
+        for u, ctx in honest_rounds(9, scheme="dirichlet", model="mlp"):
+            _add_noise(u, slice(0, 1), g, 2.0)
+            res = sig(u, ctx)
+            caught.append(float(res.scores[0]) < 0.05)
+            assert float(res.scores[1:].min()) == 1.0
+        assert caught == [False] * window + [True] * (9 - window)
+    assert InnovationSignal().quorum_window == 6
 
 
 def test_early_quorum_is_checked() -> None:
@@ -457,6 +461,10 @@ def test_early_quorum_is_checked() -> None:
     for bad in (-0.1, 1.5, True, float("nan")):
         with pytest.raises(ConfigError, match="early_quorum"):
             InnovationSignal(early_quorum=bad)
+    assert InnovationSignal(quorum_window=1).quorum_window == 1
+    for bad_window in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="quorum_window"):
+            InnovationSignal(quorum_window=bad_window)  # type: ignore[arg-type]
 
 
 def test_the_quorum_is_exact_in_whole_numbers_and_spares_clients_under_their_limits() -> None:

@@ -72,7 +72,7 @@ _STATE_KEYS = {
 
 
 #: Innovations after which a client's running value is judged at the plain threshold :math:`T`
-#: (before: the raised :math:`T_k` and, with ``early_quorum``, only in a crowd).
+#: (before: the raised :math:`T_k`).
 _SETTLED = 3
 
 
@@ -186,14 +186,27 @@ class InnovationSignal:
     :math:`\lceil q n \rceil` of the round's :math:`n` clients are over their limits
     (``early_quorum`` :math:`q = 0.08`: 4 of 50, one more than the honest maximum); otherwise, if it
     is over its own limit, it scores ``neutral`` that round, and its running value is kept as usual.
-    From its third innovation on a client is scored alone. In rounds of at most :math:`1/q` clients
-    (12 at the default) the quorum is one client, which is no gate at all. On calibration seeds
+    From its third innovation on (its sixth since stop 26, below) a client is scored alone. In
+    rounds of at most :math:`1/q` clients (12 at the default) the quorum is one client, which is
+    no gate at all. On calibration seeds
     10–19 (every attack at 20–45 % in Mode 1 and 20–33 % in Mode 0, seeds 10–11; attack-free seeds
     10–19 in both modes; 232 runs) this took the attack-free false-positive rate of seeds 16 and 18
     from 0.0007 to 0 in both modes (Mode 0 is now 0 on all ten seeds), changed no detection rate,
     and moved one false-positive rate (Mode 0, label flip 33 %, seed 11: 0.001 → 0.002). The price:
     fewer than :math:`\lceil q n \rceil` noisy clients go unscored for their first two innovations
     (scored from round 3 of a run instead of round 1; a unit test sends one).
+
+    The quorum now covers a client's first ``quorum_window`` − 1 = 5 innovations (stop 26; the
+    third innovation in stop 25): on the attack-free seeds 20–59 (Mode 1; seeds never used
+    before), the innovation test flagged an honest client on 8 of 40 seeds, on 7 of them alone in
+    its round at its third to fifth innovation (running values 1.59–1.96 in rounds 3–5: the
+    bias-corrected average of :math:`k` observations with memory 0.8 weighs them as
+    :math:`n_{\text{eff}} = 2.9` samples at :math:`k = 3` and 5.3 at :math:`k = 6`, against 9 in
+    the limit, so a settled value needs about as many rounds as the memory's horizon
+    :math:`1/(1 - \alpha) = 5`). The eighth was a round-1 first innovation with four honest
+    clients over (the quorum met). The price: fewer than :math:`\lceil q n \rceil` noisy clients
+    are scored from round 6 of a run instead of round 3. ``docs/trust.md`` ("A longer quorum
+    window") has the calibration.
 
     Only consecutive participations are compared (the client was also in the previous call; one
     call is one round): a client that skipped rounds has a deviation that moved for reasons of
@@ -242,9 +255,12 @@ class InnovationSignal:
         :math:`m \ge 0`, the relative raise of the threshold for a client's first two
         innovations (0 turns it off).
     early_quorum:
-        :math:`q \in [0, 1]`: a client's first two innovations are scored only in a round in
-        which at least :math:`\lceil q n \rceil` of its :math:`n` clients are over their limits
-        (0 turns it off).
+        :math:`q \in [0, 1]`: a client's first ``quorum_window`` − 1 innovations are scored only
+        in a round in which at least :math:`\lceil q n \rceil` of its :math:`n` clients are over
+        their limits (0 turns it off).
+    quorum_window:
+        :math:`K \ge 1`: the innovation from which a client is scored alone (default 6; 3 in
+        stop 25; 1 turns the quorum off).
     neutral:
         Score of a client not yet scored, in ``[0, 1]``.
     sketch_dim:
@@ -264,6 +280,7 @@ class InnovationSignal:
     min_observations: int = 1
     early_margin: float = 0.1
     early_quorum: float = 0.08
+    quorum_window: int = 6
     neutral: float = 1.0
     sketch_dim: int | None = 1024
     seed: int = 0
@@ -290,6 +307,7 @@ class InnovationSignal:
         check_number("innovation", "min_observations", self.min_observations, low=1, integer=True)
         check_number("innovation", "early_margin", self.early_margin, low=0.0)
         check_number("innovation", "early_quorum", self.early_quorum, low=0.0, high=1.0)
+        check_number("innovation", "quorum_window", self.quorum_window, low=1, integer=True)
         check_number("innovation", "neutral", self.neutral, low=0.0, high=1.0)
         if self.sketch_dim is not None:
             check_number("innovation", "sketch_dim", self.sketch_dim, low=1, integer=True)
@@ -376,7 +394,7 @@ class InnovationSignal:
         if int(over.sum()) < math.ceil(self.early_quorum * n - 1e-9):
             # Too few clients over their limits for noise: the unsettled ones over theirs wait
             # (neutral); those under score 1 as ever.
-            scored = scored & ((count >= _SETTLED) | ~over)
+            scored = scored & ((count >= self.quorum_window) | ~over)
         excess = ((running - limit) / self.width).clamp_min(0.0)
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))
         return SignalResult(
