@@ -191,6 +191,26 @@ def test_mode0_calibration_example_uses_only_calibration_seeds() -> None:
     assert arms == {"{'record': False}", "{'uncredited_shift': 0.0}", "None"}
 
 
+def test_stop26_calibration_example_stays_off_the_held_out_seeds() -> None:
+    """``examples/trust_calibration_stop26.toml``: 344 valid runs in two arms (the innovation
+    test's quorum window 3 and the default), on none of the benchmark's seeds 0-2 and none of the
+    held-out attack-free seeds the ``trust`` preset reports apart."""
+    configs = _calibration_configs("trust_calibration_stop26.toml")
+    assert len(configs) == 344
+    arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
+    assert arms == {"{'tcdm': {'innovation': {'quorum_window': 3}}}", "None"}
+    held_out = {
+        c.config["seed"]
+        for c in expand(load_matrix("trust"))
+        if c.config["attack"] == "none" and c.config["seed"] > 2
+    }
+    assert held_out == set(range(100, 140))
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    for path in examples.glob("trust_calibration*.toml"):
+        seeds = {c.config["seed"] for c in expand(load_matrix(path))}
+        assert not seeds & held_out, path.name
+
+
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
     seeds = list(range(8))

@@ -216,7 +216,10 @@ def _attack_free(rows: list[Row], benchmark_seeds: set[str]) -> str:
             ]
         )
     text = markdown(table)
-    held = {label: [r for r in by[label] if r not in on_bench[label]] for label in labels}
+    held = {
+        label: [r for r in by[label] if benchmark_seeds and str(r["seed"]) not in benchmark_seeds]
+        for label in labels
+    }
     summary = [["defense", "seeds", "FPR 0 on", "mean FPR", "max FPR (seed)", "final acc"]]
     for label, rs in held.items():
         rates = [

@@ -188,9 +188,8 @@ class InnovationSignal:
     is over its own limit, it scores ``neutral`` that round, and its running value is kept as usual.
     From its third innovation on (its sixth since stop 26, below) a client is scored alone. In
     rounds of at most :math:`1/q` clients (12 at the default) the quorum is one client, which is
-    no gate at all. On calibration seeds
-    10–19 (every attack at 20–45 % in Mode 1 and 20–33 % in Mode 0, seeds 10–11; attack-free seeds
-    10–19 in both modes; 232 runs) this took the attack-free false-positive rate of seeds 16 and 18
+    no gate at all. On calibration seeds 10–19 (every attack at 20–45 % in Mode 1 and 20–33 % in
+    Mode 0, seeds 10–11; attack-free seeds 10–19 in both modes; 232 runs) this took the attack-free false-positive rate of seeds 16 and 18
     from 0.0007 to 0 in both modes (Mode 0 is now 0 on all ten seeds), changed no detection rate,
     and moved one false-positive rate (Mode 0, label flip 33 %, seed 11: 0.001 → 0.002). The price:
     fewer than :math:`\lceil q n \rceil` noisy clients go unscored for their first two innovations
@@ -198,15 +197,15 @@ class InnovationSignal:
 
     The quorum now covers a client's first ``quorum_window`` − 1 = 5 innovations (stop 26; the
     third innovation in stop 25): on the attack-free seeds 20–59 (Mode 1; seeds never used
-    before), the innovation test flagged an honest client on 8 of 40 seeds, on 7 of them alone in
-    its round at its third to fifth innovation (running values 1.59–1.96 in rounds 3–5: the
+    before), the innovation test flagged an honest client on 8 of 40 seeds, on 7 of them at its
+    third to fifth innovation, the only client or one of two over its limit (running values 1.59–1.96 in rounds 3–5: the
     bias-corrected average of :math:`k` observations with memory 0.8 weighs them as
     :math:`n_{\text{eff}} = 2.9` samples at :math:`k = 3` and 5.3 at :math:`k = 6`, against 9 in
     the limit, so a settled value needs about as many rounds as the memory's horizon
     :math:`1/(1 - \alpha) = 5`). The eighth was a round-1 first innovation with four honest
     clients over (the quorum met). The price: fewer than :math:`\lceil q n \rceil` noisy clients
-    are scored from round 6 of a run instead of round 3. ``docs/trust.md`` ("A longer quorum
-    window") has the calibration.
+    are scored from round 6 of a run instead of round 3. ``docs/trust.md`` ("Held-out
+    attack-free seeds and a longer quorum window") has the calibration.
 
     Only consecutive participations are compared (the client was also in the previous call; one
     call is one round): a client that skipped rounds has a deviation that moved for reasons of
