@@ -82,12 +82,21 @@ def test_held_out_attack_free_seeds_are_summarised_apart() -> None:
         rows.append(
             _row("matl", "none", 0.0, s, false_positive_rate=fpr, **{"defense_params.mode": 1})
         )
+    rows.append(
+        _row("matl", "none", 0.0, 104, false_positive_rate=0.004, **{"defense_params.mode": 1})
+    )
+    rows += [_row("matl", "none", 0.0, s, **{"defense_params.mode": 0}) for s in (100, 101)]
     text = trust_report(rows)
     assert "FPR seed 100" not in text
     assert "| MATL Mode 1 | 0.000 | 0.000 | 0.000 | 0.950 |" in text
-    assert "Held-out seeds" in text
-    assert "| MATL Mode 1 | 4 (100–103) | 2 of 4 | 0.0013 | 0.0040 (101) | 0.950 |" in text
-    assert "Held-out seeds" not in trust_report(_rows())
+    assert "other seeds than the benchmark's" in text
+    # the worst rate's lowest seed (101 and 104 tie); no seed named when every rate is 0
+    assert "| MATL Mode 1 | 5 (5 seeds, 100–104) | 2 of 5 | 0.0018 | 0.0040 (seed 101) |" in text
+    assert "| MATL Mode 0 | 2 (2 seeds, 100–101) | 2 of 2 | 0.0000 | 0.0000 | 0.950 |" in text
+    assert "other seeds than the benchmark's" not in trust_report(_rows())
+    # Without attack-free FedAvg the attacked runs' seeds are the benchmark's.
+    no_fedavg = [r for r in rows if r["defense"] != "fedavg"]
+    assert "| MATL Mode 1 | 5 (5 seeds, 100–104) |" in trust_report(no_fedavg)
 
 
 def test_zero_reference_accuracy_is_a_reference() -> None:

@@ -299,9 +299,10 @@ def _reversing_rounds(
 @pytest.mark.parametrize("reversal", [-0.2, None])
 def test_a_switch_against_the_own_history_counts_as_failed(reversal: float | None) -> None:
     """45 % of the clients turn against their own histories at once. With ``switch_reversal``
-    a switch with negative consistency counts as failed outright, so every switcher is held from
-    its second switching round on; without it only the temporal score counts, and the switchers
-    whose z-scores the crowd kept moderate are never held. Honest clients are held in neither."""
+    (default −0.2) a switch with a consistency below it counts as failed outright, so every
+    switcher is held from its second switching round on; without it only the temporal score
+    counts, and the switchers whose z-scores the crowd kept moderate are never held. Honest
+    clients are held in neither."""
     rule = MATLRule(mode=0, switch_reversal=reversal)
     held: list[set[int]] = []
     for u, ctx in _reversing_rounds():

@@ -181,31 +181,32 @@ class InnovationSignal:
     calibration seeds 10–19 (Mode 1) at most three honest clients of 50 were over their limits in
     any round, while every additive Gaussian client (10 at 20 %, 22 at 45 %) was over in every round
     from round 1 on. The remaining early false positives were lone first innovations (seed 16:
-    client 26 at 1.84, one of two clients over; seed 18: client 28 at 1.78, the only one). So an
-    *unsettled* client — fewer than three innovations — is scored only in a round in which at least
-    :math:`\lceil q n \rceil` of the round's :math:`n` clients are over their limits
-    (``early_quorum`` :math:`q = 0.08`: 4 of 50, one more than the honest maximum); otherwise, if it
-    is over its own limit, it scores ``neutral`` that round, and its running value is kept as usual.
-    From its third innovation on (its sixth since stop 26, below) a client is scored alone. In
-    rounds of at most :math:`1/q` clients (12 at the default) the quorum is one client, which is
-    no gate at all. On calibration seeds 10–19 (every attack at 20–45 % in Mode 1 and 20–33 % in
-    Mode 0, seeds 10–11; attack-free seeds 10–19 in both modes; 232 runs) this took the attack-free false-positive rate of seeds 16 and 18
-    from 0.0007 to 0 in both modes (Mode 0 is now 0 on all ten seeds), changed no detection rate,
-    and moved one false-positive rate (Mode 0, label flip 33 %, seed 11: 0.001 → 0.002). The price:
-    fewer than :math:`\lceil q n \rceil` noisy clients go unscored for their first two innovations
+    client 26 at 1.84, one of two clients over; seed 18: client 28 at 1.78, the only one). So a
+    client *in the quorum window* — fewer than ``quorum_window`` innovations (three in stop 25, six
+    since stop 26, below) — is scored only in a round in which at least :math:`\lceil q n \rceil` of
+    the round's :math:`n` clients are over their limits (``early_quorum`` :math:`q = 0.08`: 4 of 50,
+    one more than the honest maximum); otherwise, if it is over its own limit, it scores ``neutral``
+    that round, and its running value is kept as usual. From its ``quorum_window``-th innovation on
+    a client is scored alone. In rounds of at most :math:`1/q` clients (12 at the default) the
+    quorum is one client, which is no gate at all. On calibration seeds 10–19 (every attack at
+    20–45 % in Mode 1 and 20–33 % in Mode 0, seeds 10–11; attack-free seeds 10–19 in both modes; 232
+    runs) this took the attack-free false-positive rate of seeds 16 and 18 from 0.0007 to 0 in both
+    modes (Mode 0 is now 0 on all ten seeds), changed no detection rate, and moved one
+    false-positive rate (Mode 0, label flip 33 %, seed 11: 0.001 → 0.002). The price then: fewer
+    than :math:`\lceil q n \rceil` noisy clients went unscored for their first two innovations
     (scored from round 3 of a run instead of round 1; a unit test sends one).
 
-    The quorum now covers a client's first ``quorum_window`` − 1 = 5 innovations (stop 26; the
-    third innovation in stop 25): on the attack-free seeds 20–59 (Mode 1; seeds never used
-    before), the innovation test flagged an honest client on 8 of 40 seeds, on 7 of them at its
-    third to fifth innovation, the only client or one of two over its limit (running values 1.59–1.96 in rounds 3–5: the
-    bias-corrected average of :math:`k` observations with memory 0.8 weighs them as
-    :math:`n_{\text{eff}} = 2.9` samples at :math:`k = 3` and 5.3 at :math:`k = 6`, against 9 in
-    the limit, so a settled value needs about as many rounds as the memory's horizon
-    :math:`1/(1 - \alpha) = 5`). The eighth was a round-1 first innovation with four honest
-    clients over (the quorum met). The price: fewer than :math:`\lceil q n \rceil` noisy clients
-    are scored from round 6 of a run instead of round 3. ``docs/trust.md`` ("Held-out
-    attack-free seeds and a longer quorum window") has the calibration.
+    The quorum now covers a client's first ``quorum_window`` − 1 = 5 innovations (stop 26; the third
+    innovation in stop 25): on the attack-free seeds 20–59 (Mode 1; seeds never used before), the
+    innovation test flagged an honest client on 8 of 40 seeds, on 7 of them at its third to fifth
+    innovation, the only client or one of two over its limit (running values 1.59–1.96 in rounds
+    3–5: the bias-corrected average of :math:`k` observations with memory 0.8 weighs them as
+    :math:`n_{\text{eff}} = 2.9` samples at :math:`k = 3` and 5.3 at :math:`k = 6`, against 9 in the
+    limit, so a settled value needs about as many rounds as the memory's horizon
+    :math:`1/(1 - \alpha) = 5`). The eighth was a round-1 first innovation with four honest clients
+    over (the quorum met). The price: fewer than :math:`\lceil q n \rceil` noisy clients are scored
+    from round 6 of a run instead of round 3. ``docs/trust.md`` ("Held-out attack-free seeds and a
+    longer quorum window") has the calibration.
 
     Only consecutive participations are compared (the client was also in the previous call; one
     call is one round): a client that skipped rounds has a deviation that moved for reasons of
@@ -236,6 +237,9 @@ class InnovationSignal:
       round: a third of the clients were ever scored in 200 rounds, in a review's simulation), and
       a client that joins every other round is never scored. Rounds in which the signal is not
       called do not exist for it.
+    * The quorum window counts a client's innovations, which need consecutive participations:
+      under client sampling a lone noisy client can wait far longer than ``quorum_window``
+      rounds before it is scored alone.
     * When honest deviations are mostly fresh SGD noise (:math:`\rho \approx 0`, e.g. clients
       drawing new data every round), honest ratios sit near :math:`\sqrt 2 \approx 1.41`, close
       to :math:`T`; raise ``threshold`` there.
@@ -391,8 +395,8 @@ class InnovationSignal:
         over = scored & (running > limit)
         # (less a hair, so that a product like 0.07 · 100 = 7.000000000000001 asks for 7, not 8)
         if int(over.sum()) < math.ceil(self.early_quorum * n - 1e-9):
-            # Too few clients over their limits for noise: the unsettled ones over theirs wait
-            # (neutral); those under score 1 as ever.
+            # Too few clients over their limits for noise: those in the quorum window over theirs
+            # wait (neutral); those under score 1 as ever.
             scored = scored & ((count >= self.quorum_window) | ~over)
         excess = ((running - limit) / self.width).clamp_min(0.0)
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))

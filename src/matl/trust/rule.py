@@ -299,7 +299,8 @@ class MATLRule(AggregationRule):
         honest consistencies of −0.07 to −0.01 occurred in round 2; at 0 they were held for the
         rest of the run (false-positive rate up to 0.068 on calibration seeds 10–19); at −0.2
         those runs' rates were 0.002–0.010, and no other calibration run changed
-        (``docs/trust.md``, "Holding a client that switched"). PoGQ's restart (``restart_on_switch``) still follows :math:`z_i > z_0` only.
+        (``docs/trust.md``, "Holding a client that switched"). PoGQ's restart
+        (``restart_on_switch``) still follows :math:`z_i > z_0` only.
     seed:
         Seed of the cartel sketch and of randomising liars.
 
