@@ -196,10 +196,12 @@ def _attack_free(rows: list[Row], benchmark_seeds: set[str]) -> str:
         if r["attack"] == "none":
             by[variant(r)].append(r)
     labels = [v for v in ORDER if v in by] + sorted(set(by) - set(ORDER))
-    on_bench = {
-        label: [r for r in by[label] if not benchmark_seeds or str(r["seed"]) in benchmark_seeds]
-        for label in labels
-    }
+
+    def on_a_benchmark_seed(r: Row) -> bool:
+        return not benchmark_seeds or str(r["seed"]) in benchmark_seeds
+
+    on_bench = {label: [r for r in by[label] if on_a_benchmark_seed(r)] for label in labels}
+    held = {label: [r for r in by[label] if not on_a_benchmark_seed(r)] for label in labels}
     seeds = sorted({str(r["seed"]) for rs in on_bench.values() for r in rs}, key=int)
     table = [["defense", *(f"FPR seed {s}" for s in seeds), "max FPR", "final acc"]]
     for label in labels:
@@ -217,10 +219,6 @@ def _attack_free(rows: list[Row], benchmark_seeds: set[str]) -> str:
             ]
         )
     text = markdown(table)
-    held = {
-        label: [r for r in by[label] if benchmark_seeds and str(r["seed"]) not in benchmark_seeds]
-        for label in labels
-    }
     summary = [["defense", "runs", "FPR 0 on", "mean FPR", "max FPR", "final acc"]]
     for label, rs in held.items():
         rates = [
