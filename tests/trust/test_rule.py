@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -633,3 +634,59 @@ def test_a_switch_clears_the_peer_blemish(honest_rounds: Rounds, restart: bool) 
     else:
         assert all(all(b[:6]) for b in blemish[5:])  # kept for good
         assert float(state["low"][:6].max()) <= -0.5
+
+
+# ------------------------------------------------------------------------- oracle quorum
+#: PoGQ without its blemish: a flipper then fails PoGQ as an honest client that keeps raising the
+#: validation loss does, and only the quorum or the norm guard can make it carry the signature.
+UNBLEMISHED = {"pogq": {"consensus_blemish": None}}
+
+
+@pytest.mark.parametrize("validators", [1, 3])
+def test_a_lone_pogq_failure_carries_no_signature_under_the_oracle_quorum(
+    honest_rounds: Rounds, validators: int
+) -> None:
+    """``oracle_quorum`` 0.1 of 20 clients: PoGQ carries the attack signature only when at least
+    two clients fail it (or one fails it alone, below). A lone unblemished failure at an honest
+    norm is not cut, and is weighted below every honest client; without the quorum it is cut. Two
+    such failures meet the quorum and are both cut."""
+    for u, ctx in honest_rounds(3):
+        attacked = _sign_flip(u, f=1, scale=1.0)
+        lone = MATLRule(
+            mode=1, oracle_quorum=0.1, validators=validators, signal_params=UNBLEMISHED
+        )(attacked, ctx)
+        assert lone.details is not None
+        pogq = next(r for r in lone.details["verdicts"][0]["reasons"] if r["signal"] == "pogq")
+        assert pogq["value"] <= 0.1  # precondition: it fails PoGQ outright
+        assert not lone.flagged.any(), ctx.round
+        assert lone.weights[0] < lone.weights[1:].min()
+        plain = MATLRule(
+            mode=1, oracle_quorum=0.0, validators=validators, signal_params=UNBLEMISHED
+        )(attacked, ctx)
+        assert plain.flagged.tolist() == [True] + [False] * 19, ctx.round
+        pair = MATLRule(
+            mode=1, oracle_quorum=0.1, validators=validators, signal_params=UNBLEMISHED
+        )(_sign_flip(u, f=2, scale=1.0), ctx)
+        assert pair.flagged.tolist() == [True] * 2 + [False] * 18, ctx.round
+
+
+@pytest.mark.parametrize("validators", [1, 3])
+@pytest.mark.parametrize(
+    ("scale", "params"), [(4.0, UNBLEMISHED), (1.0, None)], ids=["boosted", "blemished"]
+)
+def test_a_lone_boosted_or_blemished_failure_still_carries_the_signature(
+    honest_rounds: Rounds, validators: int, scale: float, params: dict | None
+) -> None:
+    """Under the quorum a lone flipper is still cut when it is boosted beyond PoGQ's norm guard
+    (4 × an honest norm, κ = 3: an update the aggregate would not bound never passes on the
+    count) or blemished (it pointed against the validated consensus from its first round)."""
+    rule = MATLRule(mode=1, oracle_quorum=0.1, validators=validators, signal_params=params)
+    for u, ctx in honest_rounds(3):
+        res = rule(_sign_flip(u, f=1, scale=scale), ctx)
+        assert res.flagged.tolist() == [True] + [False] * 19, ctx.round
+
+
+@pytest.mark.parametrize("quorum", [-0.1, 1.5, "0.1", math.nan])
+def test_oracle_quorum_is_checked(quorum: object) -> None:
+    with pytest.raises(ConfigError, match="oracle_quorum"):
+        MATLRule(oracle_quorum=quorum)  # type: ignore[arg-type]
