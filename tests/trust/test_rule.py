@@ -647,27 +647,60 @@ def test_a_lone_pogq_failure_carries_no_signature_under_the_oracle_quorum(
     honest_rounds: Rounds, validators: int
 ) -> None:
     """``oracle_quorum`` 0.1 of 20 clients: PoGQ carries the attack signature only when at least
-    two clients fail it (or one fails it alone, below). A lone unblemished failure at an honest
-    norm is not cut, and is weighted below every honest client; without the quorum it is cut. Two
-    such failures meet the quorum and are both cut."""
-    for u, ctx in honest_rounds(3):
+    two clients fail it (or an exempt one does, below). A lone unblemished failure at an honest
+    norm, round after round, is not cut and never marked, is weighted below every honest client,
+    and the round records why; without the quorum it is cut. Two such failures meet the quorum and
+    are both cut."""
+    lone_rule = MATLRule(
+        mode=1, oracle_quorum=0.1, validators=validators, signal_params=UNBLEMISHED
+    )
+    plain_rule = MATLRule(
+        mode=1, oracle_quorum=0.0, validators=validators, signal_params=UNBLEMISHED
+    )
+    pair_rule = MATLRule(
+        mode=1, oracle_quorum=0.1, validators=validators, signal_params=UNBLEMISHED
+    )
+    for u, ctx in honest_rounds(4):
         attacked = _sign_flip(u, f=1, scale=1.0)
-        lone = MATLRule(
-            mode=1, oracle_quorum=0.1, validators=validators, signal_params=UNBLEMISHED
-        )(attacked, ctx)
+        lone = lone_rule(attacked, ctx)
         assert lone.details is not None
         pogq = next(r for r in lone.details["verdicts"][0]["reasons"] if r["signal"] == "pogq")
         assert pogq["value"] <= 0.1  # precondition: it fails PoGQ outright
         assert not lone.flagged.any(), ctx.round
         assert lone.weights[0] < lone.weights[1:].min()
-        plain = MATLRule(
-            mode=1, oracle_quorum=0.0, validators=validators, signal_params=UNBLEMISHED
-        )(attacked, ctx)
+        assert lone.details["pogq_signature"] == {
+            "failing": 1,
+            "needed": 2,
+            "exempt": 0,
+            "carried": False,
+        }
+        plain = plain_rule(attacked, ctx)
         assert plain.flagged.tolist() == [True] + [False] * 19, ctx.round
-        pair = MATLRule(
-            mode=1, oracle_quorum=0.1, validators=validators, signal_params=UNBLEMISHED
-        )(_sign_flip(u, f=2, scale=1.0), ctx)
+        assert plain.details is not None and "pogq_signature" not in plain.details
+        pair = pair_rule(_sign_flip(u, f=2, scale=1.0), ctx)
         assert pair.flagged.tolist() == [True] * 2 + [False] * 18, ctx.round
+    marks = lone_rule.state_dict()["reputation"]["clients"]
+    assert all(marks[c]["marks"] == 0 for c in range(20))
+    assert plain_rule.state_dict()["reputation"]["clients"][0]["marks"] == 4
+
+
+def test_the_oracle_quorum_is_no_gate_in_small_rounds(honest_rounds: Rounds) -> None:
+    """With 12 clients ⌈0.08 · 12⌉ = 1: one failure is a quorum, and the lone flipper is cut as
+    without the quorum."""
+    rule = MATLRule(mode=1, signal_params=UNBLEMISHED)
+    for u, ctx in honest_rounds(2, n=12):
+        res = rule(_sign_flip(u, f=1, scale=1.0), ctx)
+        assert res.flagged.tolist() == [True] + [False] * 11, ctx.round
+        assert res.details is not None and res.details["pogq_signature"]["carried"]
+
+
+def test_the_oracle_quorum_leaves_mode_0_alone(honest_rounds: Rounds) -> None:
+    """Mode 0 has no PoGQ: the quorum changes nothing and records nothing."""
+    rules = [MATLRule(mode=0, oracle_quorum=q) for q in (0.0, 0.5)]
+    for u, ctx in honest_rounds(3):
+        a, b = (rule(_sign_flip(u), ctx) for rule in rules)
+        assert torch.equal(a.flagged, b.flagged) and torch.equal(a.aggregate, b.aggregate)
+        assert a.details is not None and "pogq_signature" not in a.details
 
 
 @pytest.mark.parametrize("validators", [1, 3])

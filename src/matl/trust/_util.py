@@ -65,6 +65,13 @@ def row_norms(updates: torch.Tensor, signal: str) -> torch.Tensor:
     return norms
 
 
+def quorum_count(fraction: float, n: int) -> int:
+    r""":math:`\lceil q n \rceil`, the clients a crowd quorum of ``fraction`` :math:`q` needs among
+    :math:`n`; a product that lands a rounding error above an integer (0.07 · 100 =
+    7.000000000000001) counts as that integer."""
+    return math.ceil(fraction * n - 1e-9)
+
+
 def median(x: torch.Tensor) -> float:
     """The median of a 1-D tensor (mean of the two middles for an even length), as a float."""
     return float(torch.quantile(x.to(torch.float64), 0.5))

@@ -43,6 +43,7 @@ from matl.trust._util import (
     grow,
     median,
     put_rows,
+    quorum_count,
     running_value,
     state_client_ids,
     take_rows,
@@ -395,7 +396,7 @@ class InnovationSignal:
         limit = self.limit(count)
         over = scored & (running > limit)
         # (less a hair, so that a product like 0.07 · 100 = 7.000000000000001 asks for 7, not 8)
-        if int(over.sum()) < math.ceil(self.early_quorum * n - 1e-9):
+        if int(over.sum()) < quorum_count(self.early_quorum, n):
             # Too few clients over their limits for noise: those in the quorum window over theirs
             # wait (neutral); those under score 1 as ever.
             scored = scored & ((count >= self.quorum_window) | ~over)

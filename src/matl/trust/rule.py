@@ -12,7 +12,8 @@ One round, for updates :math:`u_1, \dots, u_n` (deltas from the global model):
 3. **Verdict.** The adaptive, no-attack-guarded threshold
    (:class:`~matl.trust.composite.AdaptiveThreshold`) flags :math:`c_i < t`; its adaptive cut
    applies only in a round with an attack signature (some client at most ``attack_signature``
-   on some weighted signal), and cuts only clients that are low on a signal carrying that
+   on some weighted signal; on PoGQ, in Mode 1, only several clients together or an exempt one:
+   ``oracle_quorum``), and cuts only clients that are low on a signal carrying that
    signature (``attack_signature_scope="signal"``) and carry it themselves, now or in earlier
    rounds (``attack_signature_memory``); in a round it cuts, a client failing a signal outright
    is cut below ``safe_score`` (``own_signature_cut``). In Mode 1 PoGQ's own verdict (the same
@@ -80,7 +81,7 @@ from matl.aggregation.base import AggregationResult, AggregationRule, RoundConte
 from matl.aggregation.products import weighted_sum
 from matl.aggregation.registry import register_rule
 from matl.errors import ConfigError, InvalidUpdateError
-from matl.trust._util import check_number
+from matl.trust._util import check_number, quorum_count
 from matl.trust.base import SignalResult, client_keys
 from matl.trust.cartel import CartelDetector, CartelReport
 from matl.trust.committee import Committee, CommitteeDecision
@@ -205,7 +206,8 @@ class MATLRule(AggregationRule):
     attack_signature:
         The threshold's ``signature`` (default 0.1; ``None`` turns the guard off): the adaptive
         cut applies only in a round where some client scores at most this on some weighted signal
-        (with a committee, on the shared signals or any validator's PoGQ), a client a signal
+        (with a committee, on the shared signals or any validator's PoGQ; PoGQ only as the
+        ``oracle_quorum`` allows), a client a signal
         marks as failing outright counting as 0 (TCDM's community test marks the members of a
         tight group: three or more near-identical updates). On the calibration
         seeds (10–14) it took Mode 1's attack-free false-positive rate from 0.004 / 0.003 / 0.001 /
@@ -239,7 +241,7 @@ class MATLRule(AggregationRule):
     oracle_verdict:
         Mode 1 (default ``True``): PoGQ's own verdict is applied beside the composite's — the
         same threshold (split, guards, signal scope, marks) on PoGQ's scores alone, with PoGQ
-        alone carrying the signature — and a client either flags is not trusted (reason
+        alone carrying the signature (as the ``oracle_quorum`` allows) — and a client either flags is not trusted (reason
         ``oracle``). The composite's cut is capped at ``safe_score`` in composite units, so a
         client at PoGQ 0.4 with TCDM and entropy at 1 (composite 0.76) could never be cut by it,
         although PoGQ alone tells it from the honest clients; on the benchmark PoGQ alone
@@ -248,20 +250,25 @@ class MATLRule(AggregationRule):
         → 0.924 / 0.904, false-positive rates up to +0.008; ``docs/trust.md`` ("PoGQ's own
         verdict"). With a committee it reads the validators' median PoGQ.
     oracle_quorum:
-        Mode 1 (default 0.08: 4 of 50 clients; 0 = off): PoGQ carries the attack signature in a
-        round only when at least :math:`\lceil q n\rceil` clients fail it (score at most
-        ``attack_signature``), or when one that fails it is beyond PoGQ's norm guard
-        (:math:`\gamma(\rho_i) < 1`) or blemished (it pointed against the validated consensus
-        before it ever agreed with it). Otherwise PoGQ's low scores still lower those clients'
-        composites (so their aggregation weights and reputations), but they neither mark them nor
-        make the cut or PoGQ's own verdict apply. Honest non-IID clients that keep raising the
-        validation loss fail PoGQ one or two at a time, late in training; the attackers PoGQ
-        catches fail it together, and a lone sign flipper is blemished from its first round. On
-        calibration seeds 20–59 (attack-free) the false-positive rate was 0 on 39 of 40 seeds
-        (26 without the quorum); no detection rate changed at 20–45 % but label flip's on seed 12
-        at 20 % (0.977 → 0.967); the price is that fewer than :math:`\lceil q n\rceil` attackers
-        at an honest norm and without a blemish pass PoGQ's cut (label flip with 2 of 50: 1.000 →
-        0.933, the first two rounds; ``docs/trust.md``, "A crowd quorum on PoGQ's signature").
+        Mode 1 (default 0.08; 0 = off): PoGQ carries the attack signature in a round only when at
+        least :math:`\lceil q n\rceil` of the round's :math:`n` clients fail it (score at most
+        ``attack_signature``; 4 of 50), or when one that fails it is exempt — beyond PoGQ's norm
+        guard (:math:`\gamma(\rho_i) < 1`) or blemished (it pointed against the validated
+        consensus before it was ever credited) — which makes PoGQ carry it for the whole round.
+        Otherwise PoGQ's low scores still lower those clients' composites (so their aggregation
+        weights and reputations), but they mark nobody, and neither the cut nor PoGQ's own
+        verdict applies on PoGQ's account (a positive ``hard_floor`` still does). :math:`n`
+        counts the round's participants: in rounds of at most 12 clients (under client sampling
+        too) the quorum is one client, no gate at all. ``details["pogq_signature"]`` records a
+        round in which someone failed PoGQ (``failing``, ``needed``, ``exempt``, ``carried``).
+        Honest non-IID clients that keep raising the validation loss fail PoGQ one or two at a
+        time, late in training; the attackers PoGQ catches fail it together, and a lone sign
+        flipper is blemished from its first round. On calibration seeds 20–59 (attack-free) the
+        false-positive rate was 0 on 39 of 40 seeds (26 without the quorum); no detection rate
+        changed at 20–45 % but label flip's on seed 12 at 20 % (0.977 → 0.967); the price is that
+        fewer than :math:`\lceil q n\rceil` attackers at an honest norm and without a blemish pass
+        PoGQ's cut (label flip with 2 of 50: 1.000 → 0.933, the first two rounds;
+        ``docs/trust.md``, "A crowd quorum on PoGQ's signature").
     release_per_violation:
         The book's ``release_per_violation`` (default 0.5 here, off in the book): a quarantined
         client needs ``max(release_after, ceil(0.5 · its violations))`` clean rounds to be
@@ -525,14 +532,17 @@ class MATLRule(AggregationRule):
         lowest = signal_lows(results, weights)
         committee_decision: CommitteeDecision | None = None
         primaries: torch.Tensor | None = None
-        alone = _alone(results["pogq"]) if "pogq" in results else None
+        exempt = _exempt(results["pogq"]) if "pogq" in results else None
         if eng.committee is not None:
-            reports, primaries, own_alone = self._validator_reports(updates, rctx, results, weights)
+            reports, primaries, own_exempt = self._validator_reports(
+                updates, rctx, results, weights
+            )
             if primaries is not None:
                 own = primaries.to(torch.float64).min(dim=0).values
                 lowest["pogq"] = torch.minimum(lowest["pogq"], own) if "pogq" in lowest else own
-                alone = own_alone
-        lowest = self._oracle_quorum(lowest, alone)
+            if own_exempt is not None:
+                exempt = own_exempt if exempt is None else exempt | own_exempt
+        lowest, pogq_signature = self._apply_oracle_quorum(lowest, exempt)
         own_mark, marked = self._marks(lowest, ids)
         if eng.committee is not None:
             sent = eng.committee.corrupt(reports, rctx.round)
@@ -615,6 +625,8 @@ class MATLRule(AggregationRule):
             "cartels": report.cartels if report is not None else [],
             "fallback": fallback,
         }
+        if pogq_signature is not None:
+            details["pogq_signature"] = pogq_signature
         if committee_decision is not None and eng.committee is not None:
             details["validator_reputation"] = eng.committee.reputation.tolist()
             details["support"] = committee_decision.support.tolist()
@@ -646,21 +658,29 @@ class MATLRule(AggregationRule):
         lows = {"pogq": lowest["pogq"]} if "pogq" in lowest else {}
         return rule.decide(scores.to(torch.float64), lows, marked)
 
-    def _oracle_quorum(
-        self, lowest: dict[str, torch.Tensor], alone: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
-        r"""``lowest`` without PoGQ when PoGQ's failures this round are too few to carry the attack
-        signature (``oracle_quorum``): fewer than :math:`\lceil q n\rceil` clients at most
-        ``attack_signature`` on PoGQ, none of them among ``alone`` (:func:`_alone`)."""
+    def _apply_oracle_quorum(
+        self, lowest: dict[str, torch.Tensor], exempt: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+        r"""``(lowest, record)``: ``lowest`` without PoGQ when PoGQ's failures this round are too
+        few to carry the attack signature (``oracle_quorum``) — fewer than :math:`\lceil q n\rceil`
+        of the round's :math:`n` clients at most ``attack_signature`` on PoGQ, none of them
+        ``exempt`` (:func:`_exempt`) — and, when the quorum applies and someone fails PoGQ, the
+        round's ``record`` for ``details["pogq_signature"]``: ``failing``, ``needed``,
+        ``exempt`` (the failing clients exempt from the count) and ``carried``."""
         pogq = lowest.get("pogq")
         if pogq is None or not self.oracle_quorum or self.attack_signature is None:
-            return lowest
+            return lowest, None
         failing = pogq <= self.attack_signature
-        if int(failing.sum()) >= math.ceil(self.oracle_quorum * pogq.numel() - 1e-9):
-            return lowest
-        if alone is not None and bool((failing & alone).any()):
-            return lowest
-        return {name: v for name, v in lowest.items() if name != "pogq"}
+        count = int(failing.sum())
+        if not count:
+            return lowest, None
+        needed = quorum_count(self.oracle_quorum, pogq.numel())
+        alone = int((failing & exempt).sum()) if exempt is not None else 0
+        carried = count >= needed or alone > 0
+        record = {"failing": count, "needed": needed, "exempt": alone, "carried": carried}
+        if carried:
+            return lowest, record
+        return {name: v for name, v in lowest.items() if name != "pogq"}, record
 
     def _marks(
         self, lowest: dict[str, torch.Tensor], ids: list[int]
@@ -740,8 +760,8 @@ class MATLRule(AggregationRule):
         weights: dict[str, float],
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         r"""``(V, n)`` honest composite reports (before any lie) and, when each validator runs its
-        own PoGQ, the ``(V, n)`` PoGQ scores and the ``(n,)`` clients whose PoGQ failure carries
-        the signature alone on some validator (:func:`_alone`)."""
+        own PoGQ, the ``(V, n)`` PoGQ scores and the ``(n,)`` clients whose PoGQ failure is exempt
+        from the ``oracle_quorum`` on some validator (:func:`_exempt`)."""
         eng = self._engine
         if not eng.validator_signals:
             report = combine(shared, weights)
@@ -755,7 +775,7 @@ class MATLRule(AggregationRule):
                 f"got {len(y)}"
             )
         reports, primaries = [], []
-        alone: torch.Tensor | None = None
+        exempt: torch.Tensor | None = None
         for v, sig in enumerate(eng.validator_signals):
             shard = dataclasses.replace(
                 ctx, validation=(x[v :: self.validators], y[v :: self.validators])
@@ -763,8 +783,8 @@ class MATLRule(AggregationRule):
             res = sig(updates, shard)
             primaries.append(res.scores.to(torch.float64))
             reports.append(combine({**shared, "pogq": res}, weights))
-            alone = _alone(res) if alone is None else alone | _alone(res)
-        return torch.stack(reports), torch.stack(primaries), alone
+            exempt = _exempt(res) if exempt is None else exempt | _exempt(res)
+        return torch.stack(reports), torch.stack(primaries), exempt
 
     def _verdicts(
         self,
@@ -883,17 +903,17 @@ def _raw_flag(results: dict[str, SignalResult], signal: str, key: str) -> torch.
     return res.raw[key] > 0
 
 
-def _alone(pogq: SignalResult) -> torch.Tensor:
-    r"""``(n,)`` bool: the clients whose PoGQ failure carries the attack signature without the
-    ``oracle_quorum``: a norm ratio beyond PoGQ's norm guard (:math:`\gamma(\rho_i) < 1`; the
-    aggregate does not bound norms, so such an update must not pass on the count) or a blemish
-    (pointed against the validated consensus before it ever agreed with it, as a sign flipper
-    does from its first round)."""
+def _exempt(pogq: SignalResult) -> torch.Tensor:
+    r"""``(n,)`` bool: the clients exempt from the ``oracle_quorum`` — one of them failing PoGQ
+    makes PoGQ carry the attack signature for the whole round, whatever the count: a norm ratio
+    beyond PoGQ's norm guard (:math:`\gamma(\rho_i) < 1`; the aggregate does not bound norms, so
+    such an update must not pass on the count) or a blemish (it pointed against the validated
+    consensus before it was ever credited, as a sign flipper does from its first round)."""
     raw = pogq.raw
-    alone: torch.Tensor = raw["guard"].to(torch.float64) < 1
+    exempt: torch.Tensor = raw["guard"] < 1
     if "blemished" in raw:
-        alone = alone | (raw["blemished"] > 0)
-    return alone
+        exempt = exempt | (raw["blemished"] > 0)
+    return exempt
 
 
 def _state(sig: Any) -> dict[str, Any]:
