@@ -395,7 +395,6 @@ class InnovationSignal:
         scored = count >= self.min_observations
         limit = self.limit(count)
         over = scored & (running > limit)
-        # (less a hair, so that a product like 0.07 · 100 = 7.000000000000001 asks for 7, not 8)
         if int(over.sum()) < quorum_count(self.early_quorum, n):
             # Too few clients over their limits for noise: those in the quorum window over theirs
             # wait (neutral); those under score 1 as ever.
