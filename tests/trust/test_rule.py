@@ -723,3 +723,24 @@ def test_a_lone_boosted_or_blemished_failure_still_carries_the_signature(
 def test_oracle_quorum_is_checked(quorum: object) -> None:
     with pytest.raises(ConfigError, match="oracle_quorum"):
         MATLRule(oracle_quorum=quorum)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("validators", [1, 3])
+def test_a_round_another_signal_signs_still_spares_a_lone_pogq_failure(
+    honest_rounds: Rounds, validators: int
+) -> None:
+    """Four copies of one update form a tight group (TCDM's community test fails them outright, so
+    the round carries an attack signature) while one unblemished client fails PoGQ alone: the cut
+    takes the group and spares the lone failure, with one validator and with a committee (whose
+    validators vote with the round's guard); without the quorum the lone failure is cut too."""
+    rules = {
+        q: MATLRule(mode=1, oracle_quorum=q, validators=validators, signal_params=UNBLEMISHED)
+        for q in (0.1, 0.0)
+    }
+    for u, ctx in honest_rounds(3):
+        u[0] = -u[0]
+        u[17] = u[18] = u[19] = u[16]
+        res = {q: rule(u, ctx) for q, rule in rules.items()}
+        group = [False] * 16 + [True] * 4
+        assert res[0.1].flagged.tolist() == [False, *group[1:]], ctx.round
+        assert res[0.0].flagged.tolist() == [True, *group[1:]], ctx.round
