@@ -211,6 +211,35 @@ def test_stop26_calibration_example_stays_off_the_held_out_seeds() -> None:
         assert not seeds & held_out, path.name
 
 
+def test_stop27_calibration_examples_have_their_arms() -> None:
+    """``examples/trust_calibration_stop27.toml`` (248 runs: without PoGQ's crowd quorum and with
+    it at 0.08) and ``trust_calibration_stop27_innovation.toml`` (312 runs: the innovation test's
+    early quorum at the default and at 0.12), off the benchmark's seeds (the held-out ones are
+    checked for every calibration example above)."""
+    configs = _calibration_configs("trust_calibration_stop27.toml")
+    assert len(configs) == 248
+    assert {cfg.defense_params.get("oracle_quorum") for cfg in configs} == {None, 0.08}
+    configs = _calibration_configs("trust_calibration_stop27_innovation.toml")
+    assert len(configs) == 312
+    arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
+    assert arms == {"{'tcdm': {'innovation': {'early_quorum': 0.12}}}", "None"}
+
+
+def test_fresh_seeds_example_is_off_every_other_seed() -> None:
+    """``examples/trust_fresh_seeds_stop27.toml``: 80 attack-free runs (Modes 0 and 1) on seeds
+    60-99, which no calibration example and no benchmark run uses."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    cells = expand(load_matrix(examples / "trust_fresh_seeds_stop27.toml"))
+    assert len(cells) == 80
+    fresh = {c.config["seed"] for c in cells}
+    assert fresh == set(range(60, 100))
+    assert {c.config["attack"] for c in cells} == {"none"}
+    used = {c.config["seed"] for c in expand(load_matrix("trust"))}
+    for path in examples.glob("trust_calibration*.toml"):
+        used |= {c.config["seed"] for c in expand(load_matrix(path))}
+    assert not fresh & used
+
+
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
     seeds = list(range(8))
