@@ -241,11 +241,12 @@ class MATLRule(AggregationRule):
     oracle_verdict:
         Mode 1 (default ``True``): PoGQ's own verdict is applied beside the composite's — the
         same threshold (split, guards, signal scope, marks) on PoGQ's scores alone, with PoGQ
-        alone carrying the signature (as the ``oracle_quorum`` allows) — and a client either flags is not trusted (reason
-        ``oracle``). The composite's cut is capped at ``safe_score`` in composite units, so a
-        client at PoGQ 0.4 with TCDM and entropy at 1 (composite 0.76) could never be cut by it,
-        although PoGQ alone tells it from the honest clients; on the benchmark PoGQ alone
-        detected sign flip at 0.95–0.97 where the composite reached 0.91–0.94. Calibration
+        alone carrying the signature (as the ``oracle_quorum`` allows) — and a client either
+        flags is not trusted (reason ``oracle``). The composite's cut is capped at
+        ``safe_score`` in composite units, so a client at PoGQ 0.4 with TCDM and entropy at 1
+        (composite 0.76) could never be cut by it, although PoGQ alone tells it from the honest
+        clients; on the benchmark PoGQ alone detected sign flip at 0.95–0.97 where the
+        composite reached 0.91–0.94. Calibration
         (seeds 10/11): sign flip 45 % 0.958 / 0.935 → 0.985 / 0.958, sleeper 20 % 0.844 / 0.844
         → 0.924 / 0.904, false-positive rates up to +0.008; ``docs/trust.md`` ("PoGQ's own
         verdict"). With a committee it reads the validators' median PoGQ.
@@ -675,9 +676,9 @@ class MATLRule(AggregationRule):
         if not count:
             return lowest, None
         needed = quorum_count(self.oracle_quorum, pogq.numel())
-        alone = int((failing & exempt).sum()) if exempt is not None else 0
-        carried = count >= needed or alone > 0
-        record = {"failing": count, "needed": needed, "exempt": alone, "carried": carried}
+        spared = int((failing & exempt).sum()) if exempt is not None else 0
+        carried = count >= needed or spared > 0
+        record = {"failing": count, "needed": needed, "exempt": spared, "carried": carried}
         if carried:
             return lowest, record
         return {name: v for name, v in lowest.items() if name != "pogq"}, record
