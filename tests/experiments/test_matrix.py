@@ -225,6 +225,22 @@ def test_stop27_calibration_examples_have_their_arms() -> None:
     assert arms == {"{'tcdm': {'innovation': {'early_quorum': 0.12}}}", "None"}
 
 
+def test_stop28_calibration_example_has_its_arms() -> None:
+    """``examples/trust_calibration_stop28.toml`` (640 runs): the default innovation test and
+    three arms with the previous deviation rescaled to the round, off the benchmark's seeds (the
+    held-out ones are checked for every calibration example above)."""
+    configs = _calibration_configs("trust_calibration_stop28.toml")
+    assert len(configs) == 640
+    arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
+    rescaled = "{'tcdm': {'innovation': {'rescale': True, %s'early_margin': %s}}}"
+    assert arms == {
+        "None",
+        rescaled % ("'rescale_reference': True, ", "0.0"),
+        rescaled % ("", "0.0"),
+        rescaled % ("", "-0.1"),
+    }
+
+
 def test_fresh_seeds_example_is_off_every_other_seed() -> None:
     """``examples/trust_fresh_seeds_stop27.toml``: 80 attack-free runs (Modes 0 and 1) on seeds
     60-99, which no calibration example and no benchmark run uses."""

@@ -114,8 +114,9 @@ def test_without_context_calls_are_rounds() -> None:
 
 
 def test_running_value_is_the_bias_corrected_average() -> None:
-    """Hand-checked: deviations from the coordinate-wise median in 1-D."""
-    sig = InnovationSignal(memory=0.5, min_observations=1, sketch_dim=None)
+    """Hand-checked: deviations from the coordinate-wise median in 1-D, without the rescaling of
+    the previous deviation (checked below)."""
+    sig = InnovationSignal(memory=0.5, min_observations=1, sketch_dim=None, rescale=False)
     ids = RoundContext(client_ids=(0, 1, 2))
     rounds = [[0.0, 1.0, 2.0], [0.0, 1.0, 3.0], [0.0, 1.0, 2.0]]
     out = [sig(torch.tensor(r, dtype=torch.float64).unsqueeze(1), ids) for r in rounds]
@@ -128,6 +129,65 @@ def test_running_value_is_the_bias_corrected_average() -> None:
     torch.testing.assert_close(
         out[2].raw["running_innovation"], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     )
+
+
+def test_the_previous_deviation_is_rescaled_to_the_round() -> None:
+    """Hand-checked in 1-D (the centre of an even count is the lower middle value, as
+    :meth:`torch.Tensor.median` takes it). Round 0 (0, 1, 2, 5): centre 1, deviations (-1, 0, 1,
+    4); round 1 (0, 1, 2, 9): deviations (-1, 0, 1, 8). The norm ratios of the clients with a
+    previous deviation are (1, 1, 2): the scale change is their median, 1, so only client 3
+    moved, by 4 against the median deviation 1. Round 2 halves every update: deviations half of
+    round 1's, every ratio 0.5, scale change 0.5, and nobody moved. Without the rescaling the
+    same halving is a change of half of each deviation, (0.5, 0, 0.5, 4), against the median
+    deviation of the clients left in the reference (client 3, over the threshold since round 1,
+    is out), 0.5."""
+    ids = RoundContext(client_ids=(0, 1, 2, 3))
+    rounds = [[0.0, 1.0, 2.0, 5.0], [0.0, 1.0, 2.0, 9.0], [0.0, 0.5, 1.0, 4.5]]
+    expected = {True: [0.0, 0.0, 0.0, 0.0], False: [1.0, 0.0, 1.0, 8.0]}
+    for rescale in (True, False):
+        sig = InnovationSignal(
+            min_observations=1, sketch_dim=None, rescale=rescale, early_margin=0.0
+        )
+        out = [sig(torch.tensor(r, dtype=torch.float64).unsqueeze(1), ids) for r in rounds]
+        torch.testing.assert_close(
+            out[1].raw["innovation"], torch.tensor([0.0, 0.0, 0.0, 4.0], dtype=torch.float64)
+        )
+        assert out[2].raw["excluded_from_reference"].tolist() == [0.0, 0.0, 0.0, 1.0]
+        torch.testing.assert_close(
+            out[2].raw["innovation"], torch.tensor(expected[rescale], dtype=torch.float64)
+        )
+    # The reference's exclusions are judged on the unscaled change unless rescale_reference:
+    # client 0's observations with everyone in the reference are 0 and then 1 (0.5 over the
+    # median deviation 0.5), so its running value is (0.8 · 0.2 · 0 + 0.2 · 1) / 0.36 = 5/9;
+    # rescaled, 0 and 0.
+    for reference, running in ((False, 5 / 9), (True, 0.0)):
+        sig = InnovationSignal(
+            min_observations=1, sketch_dim=None, rescale=True, rescale_reference=reference
+        )
+        for r in rounds:
+            sig(torch.tensor(r, dtype=torch.float64).unsqueeze(1), ids)
+        state = sig.state_dict()
+        assert float(state["mean_all"][0] / state["weight"][0]) == pytest.approx(running)
+    for flag in ("rescale", "rescale_reference"):
+        with pytest.raises(ConfigError, match=flag):
+            InnovationSignal(**{flag: 1})  # type: ignore[arg-type]
+
+
+def test_the_scale_change_reads_only_clients_present_in_both_rounds() -> None:
+    """1-D, hand-checked. Client 3 takes part in round 0 (deviation 5), skips round 1 and comes
+    back in round 2 at deviation 400, with a new client 4 at -400. Round 2's followers are
+    clients 0-2, deviations (-2, 0, 2) -> (-1, 0, 2): norm ratios 0.5 and 1 (client 1's previous
+    deviation is 0, so it has none), scale change 0.75, changes (0.5, 0, 0.5) over the median
+    deviation 2. Had client 3 entered the scale change (ratio 80), it would be 1 and client 0's
+    change 1."""
+    sig = InnovationSignal(min_observations=1, sketch_dim=None, rescale=True)
+    rows = [(-2.0, 0.0, 2.0, 5.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 2.0, 400.0, -400.0)]
+    for values in rows:
+        ids = RoundContext(client_ids=tuple(range(len(values))))
+        out = sig(torch.tensor(values, dtype=torch.float64).unsqueeze(1), ids)
+    ratio = out.raw["innovation"]
+    torch.testing.assert_close(ratio[:3], torch.tensor([0.25, 0.0, 0.25], dtype=torch.float64))
+    assert bool(torch.isnan(ratio[3:]).all())
 
 
 def test_state_round_trip_reset_and_bad_states(honest_rounds: Rounds) -> None:
@@ -229,10 +289,14 @@ def test_tcdm_loads_a_state_saved_before_the_innovation_test(honest_rounds: Roun
     assert TCDM(innovation={"threshold": 2.0}).innovation.threshold == 2.0  # type: ignore[union-attr]
 
 
-def test_the_reference_leaves_out_clients_over_the_threshold(honest_rounds: Rounds) -> None:
+@pytest.mark.parametrize("rescale", [False, True])
+def test_the_reference_leaves_out_clients_over_the_threshold(
+    honest_rounds: Rounds, rescale: bool
+) -> None:
     """9 of 20 clients add noise. Once they are over the threshold they leave the reference (the
-    median deviation over the others), which is checked by hand on the exact rows."""
-    sig = InnovationSignal()
+    median deviation over the others), which is checked by hand on the exact rows, with and
+    without the rescaling of the previous deviation."""
+    sig = InnovationSignal(rescale=rescale)
     g = torch.Generator().manual_seed(7)
     previous = None
     for u, ctx in honest_rounds(10, scheme="dirichlet", model="mlp"):
@@ -246,7 +310,11 @@ def test_the_reference_leaves_out_clients_over_the_threshold(honest_rounds: Roun
         if previous is not None:
             norms = torch.linalg.vector_norm(deviation, dim=1)
             reference = float(torch.quantile(norms[~excluded], 0.5))
-            expected = torch.linalg.vector_norm(deviation - previous, dim=1) / reference
+            # every client follows and none is in a tight group: all enter the scale change
+            before = torch.linalg.vector_norm(previous, dim=1)
+            scale = float(torch.quantile(norms / before, 0.5)) if rescale else 1.0
+            change = deviation - scale * previous
+            expected = torch.linalg.vector_norm(change, dim=1) / reference
             torch.testing.assert_close(res.raw["innovation"], expected)
         previous = deviation
     assert float(res.scores[:9].max()) < 0.05 and float(res.scores[9:].min()) == 1.0
@@ -393,8 +461,11 @@ def test_first_innovations_face_a_raised_threshold() -> None:
     limits = sig.limit(torch.tensor([1, 2, 3, 9])).tolist()
     assert limits == pytest.approx([1.65, 1.575, 1.5, 1.5])
     assert InnovationSignal(early_margin=0).limit(torch.tensor([1])).tolist() == [1.5]
-    with pytest.raises(ConfigError, match="early_margin"):
-        InnovationSignal(early_margin=-0.1)
+    lowered = InnovationSignal(early_margin=-0.1).limit(torch.tensor([1, 2, 3])).tolist()
+    assert lowered == pytest.approx([1.35, 1.425, 1.5])  # a negative margin lowers them
+    for bad in (-1.0, -1.5):
+        with pytest.raises(ConfigError, match="early_margin"):
+            InnovationSignal(early_margin=bad)
 
 
 def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
@@ -402,7 +473,9 @@ def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
 ) -> None:
     """Round 1 on the synthetic task at a low threshold (T = 0.8): one honest client's first
     innovation (0.93) fails T outright without the margin and is judged against 1.1 T = 0.88
-    with it, which it exceeds by one width only (score about 0.6, not about 0)."""
+    with it, which it exceeds by one width only (score about 0.6, not about 0). With the previous
+    deviation rescaled to the round (``rescale``) the round's shrinking scale no longer counts as
+    innovation: every first innovation stays below T, and nobody needs the margin."""
     scores = {}
     for margin in (0.0, 0.1):
         sig = InnovationSignal(threshold=0.8, early_margin=margin, early_quorum=0.0)
@@ -414,6 +487,10 @@ def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
     assert 0.8 + 2 * 0.05 < float(ratios[worst]) < 0.88 + 2 * 0.05  # precondition
     assert float(scores[0.0][worst]) < 0.1 and float(scores[0.1][worst]) > 0.5
     assert float(scores[0.1].min()) == float(scores[0.1][worst])  # nobody else failed
+    sig = InnovationSignal(threshold=0.8, early_margin=0.0, early_quorum=0.0, rescale=True)
+    for u, ctx in honest_rounds(2, scheme="iid", model="logreg"):
+        res = sig(u, ctx)
+    assert float(res.raw["innovation"].max()) < 0.8 and res.scores.tolist() == [1.0] * 20
 
 
 def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> None:
