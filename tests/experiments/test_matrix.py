@@ -225,20 +225,27 @@ def test_stop27_calibration_examples_have_their_arms() -> None:
     assert arms == {"{'tcdm': {'innovation': {'early_quorum': 0.12}}}", "None"}
 
 
-def test_stop28_calibration_example_has_its_arms() -> None:
-    """``examples/trust_calibration_stop28.toml`` (640 runs): the default innovation test and
-    three arms with the previous deviation rescaled to the round, off the benchmark's seeds (the
-    held-out ones are checked for every calibration example above)."""
+def test_stop28_calibration_examples_have_their_arms() -> None:
+    """``examples/trust_calibration_stop28.toml`` (640 runs: stop 27's innovation test and three
+    arms with the previous deviation rescaled to the round, each counting the quorum as stop 27
+    did) and ``trust_calibration_stop28_quorum.toml`` (320 runs: the default, whose quorum counts
+    against the round's scale, and stop 27's count), off the benchmark's seeds (the held-out
+    ones are checked for every calibration example above)."""
     configs = _calibration_configs("trust_calibration_stop28.toml")
     assert len(configs) == 640
     arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
-    rescaled = "{'tcdm': {'innovation': {'rescale': True, %s'early_margin': %s}}}"
+    old = "{'tcdm': {'innovation': {'quorum_rescaled': False%s}}}"
+    rescaled = ", 'rescale': True%s, 'early_margin': %s"
     assert arms == {
-        "None",
-        rescaled % ("'rescale_reference': True, ", "0.0"),
-        rescaled % ("", "0.0"),
-        rescaled % ("", "-0.1"),
+        old % "",
+        old % (rescaled % (", 'rescale_reference': True", "0.0")),
+        old % (rescaled % ("", "0.0")),
+        old % (rescaled % ("", "-0.1")),
     }
+    configs = _calibration_configs("trust_calibration_stop28_quorum.toml")
+    assert len(configs) == 320
+    arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
+    assert arms == {"None", old % ""}
 
 
 def test_fresh_seeds_example_is_off_every_other_seed() -> None:

@@ -453,6 +453,9 @@ def test_states_round_trip_when_the_clip_is_not_exact_in_binary(honest_rounds: R
     c = InnovationSignal(threshold=1.4)
     c.load_state_dict(without)  # a state without mean_all: taken equal to mean
     assert torch.equal(c.state_dict()["mean_all"], a.state_dict()["mean"])
+    older = {k: v for k, v in a.state_dict().items() if k != "mean_scaled"}
+    c.load_state_dict(older)  # nor without mean_scaled (states saved before stop 28)
+    assert torch.equal(c.state_dict()["mean_scaled"], a.state_dict()["mean"])
 
 
 def test_first_innovations_face_a_raised_threshold() -> None:
@@ -494,7 +497,8 @@ def test_early_margin_spares_a_first_innovation_between_the_two_thresholds(
 
 
 def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> None:
-    """The same lone first innovation as above (T = 0.8, no margin): with ``early_quorum`` 0.08
+    """The same lone first innovation as above (T = 0.8, no margin; every client over its limit
+    counts towards the quorum, ``quorum_rescaled=False``): with ``early_quorum`` 0.08
     (⌈0.08 · 20⌉ = 2 clients over their limits needed) it is the only client over and waits
     (neutral); with a second, noisy client over too, both are scored (the noisy one shifts the
     round's reference, so the honest one's score moves a little). The quorum counts the
@@ -502,7 +506,9 @@ def test_unsettled_clients_are_scored_only_in_a_crowd(honest_rounds: Rounds) -> 
     scored anyway."""
 
     def round_one(noisy: bool, quorum: float) -> tuple[torch.Tensor, torch.Tensor]:
-        sig = InnovationSignal(threshold=0.8, early_margin=0.0, early_quorum=quorum)
+        sig = InnovationSignal(
+            threshold=0.8, early_margin=0.0, early_quorum=quorum, quorum_rescaled=False
+        )
         g = torch.Generator().manual_seed(4)
         for u, ctx in honest_rounds(2, scheme="iid", model="logreg"):
             if noisy:
@@ -562,3 +568,47 @@ def test_the_quorum_is_exact_in_whole_numbers_and_spares_clients_under_their_lim
     assert float(res.scores[:7].max()) < 0.1  # scored: the quorum of 7 is met
     assert res.scores[7:].tolist() == [1.0] * 93
     assert calm.scores.tolist() == [1.0] * 20  # nobody over: nobody waits at 0.5
+
+
+def _shrinking_rounds(noisy: int) -> list[torch.Tensor]:
+    """Two rounds of 20 clients in 16-D: round 0 has deviations of norm 1, three clients (0-2)
+    at norm 3; round 1 is round 0 halved plus a little fresh noise (norm about 0.05), and
+    ``noisy`` clients (17, 18, ...) add fresh noise of norm 1.5 on top."""
+    g = torch.Generator().manual_seed(11)
+    direction = torch.randn(20, 16, generator=g, dtype=torch.float64)
+    size = torch.ones(20, 1, dtype=torch.float64)
+    size[:3] = 3.0
+    first = size * direction / torch.linalg.vector_norm(direction, dim=1, keepdim=True)
+    second = 0.5 * first + 0.0125 * torch.randn(20, 16, generator=g, dtype=torch.float64)
+    noise = torch.randn(noisy, 16, generator=g, dtype=torch.float64)
+    second[17 : 17 + noisy] += 1.5 * noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True)
+    return [first, second]
+
+
+def test_a_shrinking_scale_does_not_open_the_quorum_when_it_counts_rescaled() -> None:
+    """The round's scale halves. Clients 0-2, with three times the typical deviation, keep their
+    place in the crowd (unscaled change about 1.5 against a median deviation of 0.5, a first
+    innovation of 3: over the raised limit 1.65), so three are over and the quorum (2 of 20) is
+    met: they are scored and fail. Counted against the round's own scale
+    (``quorum_rescaled``), they are not over the threshold (rescaled innovation about 0.1), the
+    quorum is not met and they wait; a crowd of two clients adding fresh noise is over both ways
+    and opens the quorum for everyone over the limit again."""
+    scores = {}
+    for counted in (False, True):
+        for noisy in (0, 2):
+            sig = InnovationSignal(sketch_dim=None, quorum_rescaled=counted)
+            for u in _shrinking_rounds(noisy):
+                res = sig(u, RoundContext(client_ids=tuple(range(20))))
+            scores[counted, noisy] = res.scores
+            ratios = res.raw["innovation"][:3]
+            assert float(ratios.min()) > 2.5  # precondition: over the limit, unscaled
+            if counted:
+                assert float(res.raw["running_innovation_rescaled"][:3].max()) < 0.5
+            else:  # not computed
+                assert "running_innovation_rescaled" not in res.raw
+    assert float(scores[False, 0][:3].max()) < 0.05  # three over: the quorum is met
+    assert scores[True, 0].tolist() == [1.0] * 20  # counted rescaled: nobody over, all wait
+    for counted in (False, True):  # a noisy crowd opens it either way
+        assert float(scores[counted, 2][:3].max()) < 0.05
+        assert float(scores[counted, 2][17:19].max()) < 0.05
+        assert float(scores[counted, 2][3:17].min()) == 1.0

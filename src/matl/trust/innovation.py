@@ -65,6 +65,7 @@ _STATE_KEYS = {
     "last_round",
     "mean",
     "mean_all",
+    "mean_scaled",
     "weight",
     "count",
     "dim",
@@ -90,6 +91,8 @@ class _Deviations:
     mean: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     #: (N,) the same running sum with every client in the reference (decides the exclusions).
     mean_all: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    #: (N,) the same running sum of the innovation against the round's scale (the quorum's count).
+    mean_scaled: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     weight: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     count: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     dim: int | None = None
@@ -325,6 +328,7 @@ class InnovationSignal:
     seed: int = 0
     rescale: bool = False
     rescale_reference: bool = False
+    quorum_rescaled: bool = True
     _state: _Deviations = field(default_factory=_Deviations, init=False, repr=False, compare=False)
 
     group_tau: float = 0.99
@@ -354,7 +358,7 @@ class InnovationSignal:
             check_number("innovation", "sketch_dim", self.sketch_dim, low=1, integer=True)
         check_number("innovation", "seed", self.seed, low=0, integer=True)
         check_number("innovation", "group_tau", self.group_tau, low=0.0, high=1.0, low_open=True)
-        for flag in ("rescale", "rescale_reference"):
+        for flag in ("rescale", "rescale_reference", "quorum_rescaled"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"innovation: {flag} must be a bool, got {getattr(self, flag)!r}")
 
@@ -397,6 +401,7 @@ class InnovationSignal:
         st.last_round = grow(st.last_round, total, -1)
         st.mean, st.weight = grow(st.mean, total, 0.0), grow(st.weight, total, 0.0)
         st.mean_all = grow(st.mean_all, total, 0.0)
+        st.mean_scaled = grow(st.mean_scaled, total, 0.0)
         st.count = grow(st.count, total, 0)
         # The reference leaves out the clients whose running value *with everyone in the
         # reference* is over the threshold (when 3 others remain). Deciding on that value, not on
@@ -419,14 +424,16 @@ class InnovationSignal:
         last = st.last_round[rows]
         follows = (last >= 0) & (last == rnd - 1)
         previous = take_rows(st.deviation, rows)
-        scale = self._scale_change(norms, previous, follows & ~grouped) if self.rescale else 1.0
-        change = torch.linalg.vector_norm(deviation - scale * previous, dim=1)
-        # The reference's exclusions are judged on the unscaled change unless rescale_reference.
-        change_all = (
-            change
-            if scale == 1.0 or self.rescale_reference
-            else torch.linalg.vector_norm(deviation - previous, dim=1)
+        scale = (
+            self._scale_change(norms, previous, follows & ~grouped)
+            if self.rescale or self.quorum_rescaled
+            else 1.0
         )
+        scaled = torch.linalg.vector_norm(deviation - scale * previous, dim=1)
+        unscaled = scaled if scale == 1.0 else torch.linalg.vector_norm(deviation - previous, dim=1)
+        change = scaled if self.rescale else unscaled
+        # The reference's exclusions are judged on the unscaled change unless rescale_reference.
+        change_all = scaled if self.rescale and self.rescale_reference else unscaled
         ratio = (
             torch.where(follows, change / size, math.nan)
             if size > 0
@@ -439,6 +446,14 @@ class InnovationSignal:
         weight_before = st.weight.clone()
         fold_running_mean(
             st.mean, st.weight, seen_rows, ratio[observed].clamp(max=self.clip), self.memory
+        )
+        ratio_scaled = scaled[observed] / size if size > 0 else ratio[observed]
+        fold_running_mean(
+            st.mean_scaled,
+            weight_before.clone(),
+            seen_rows,
+            ratio_scaled.clamp(max=self.clip),
+            self.memory,
         )
         ratio_all = change_all[observed] / size_all if size_all > 0 else change_all[observed] / size
         fold_running_mean(
@@ -455,15 +470,22 @@ class InnovationSignal:
         scored = count >= self.min_observations
         limit = self.limit(count)
         over = scored & (running > limit)
-        if int(over.sum()) < quorum_count(self.early_quorum, n):
+        running_scaled = running_value(st.mean_scaled, st.weight, rows, math.nan)
+        # The quorum counts a client over its limit only if it is over the plain threshold
+        # against the round's own scale as well (quorum_rescaled; see the class docstring).
+        counted = over & (running_scaled > self.threshold) if self.quorum_rescaled else over
+        if int(counted.sum()) < quorum_count(self.early_quorum, n):
             # Too few clients over their limits for noise: those in the quorum window over theirs
             # wait (neutral); those under score 1 as ever.
             scored = scored & ((count >= self.quorum_window) | ~over)
         excess = ((running - limit) / self.width).clamp_min(0.0)
         scores = torch.where(scored, torch.exp(-0.5 * excess**2), float(self.neutral))
+        rescaled = self.rescale or self.quorum_rescaled
+        raw = {"running_innovation_rescaled": running_scaled} if rescaled else {}
         return SignalResult(
             scores=scores.to(torch.float64),
             raw={
+                **raw,
                 "innovation": ratio,
                 "running_innovation": running,
                 "excluded_from_reference": excluded.to(torch.float64),
@@ -482,6 +504,7 @@ class InnovationSignal:
             "last_round": st.last_round.clone(),
             "mean": st.mean.clone(),
             "mean_all": st.mean_all.clone(),
+            "mean_scaled": st.mean_scaled.clone(),
             "weight": st.weight.clone(),
             "count": st.count.clone(),
             "dim": st.dim,
@@ -497,8 +520,9 @@ class InnovationSignal:
         of the sketch (:func:`~matl.trust.sketch.sketch_layout_changed`) cannot be compared with
         this round's: the running innovations are kept, and each client's next participation
         stores a new deviation without an observation (as after a skipped round)."""
-        if "mean_all" not in state and "mean" in state:
-            state = {**state, "mean_all": state["mean"]}
+        for key in ("mean_all", "mean_scaled"):
+            if key not in state and "mean" in state:
+                state = {**state, key: state["mean"]}
         stale = sketch_layout_changed(state, state.get("dim"), self.sketch_dim)
         state = {k: v for k, v in state.items() if k != "sketch_layout"}
         check_state_keys("innovation", state, _STATE_KEYS)
@@ -508,18 +532,19 @@ class InnovationSignal:
         last = torch.as_tensor(state["last_round"], dtype=torch.int64).clone()
         mean = torch.as_tensor(state["mean"], dtype=torch.float64).clone()
         mean_all = torch.as_tensor(state["mean_all"], dtype=torch.float64).clone()
+        mean_scaled = torch.as_tensor(state["mean_scaled"], dtype=torch.float64).clone()
         weight = torch.as_tensor(state["weight"], dtype=torch.float64).clone()
         count = torch.as_tensor(state["count"], dtype=torch.int64).clone()
         dim = state["dim"]
         if (
             dev.ndim != 2
             or dev.shape[0] != n
-            or any(t.shape != (n,) for t in (last, mean, mean_all, weight, count))
+            or any(t.shape != (n,) for t in (last, mean, mean_all, mean_scaled, weight, count))
         ):
             raise ValueError(f"innovation: state rows do not match its {n} client ids")
         if dim is not None and dev.shape[1] != dim:
             raise ValueError(f"innovation: deviation width {dev.shape[1]} != dim {dim}")
-        if not all(bool(torch.isfinite(t).all()) for t in (dev, mean, mean_all)):
+        if not all(bool(torch.isfinite(t).all()) for t in (dev, mean, mean_all, mean_scaled)):
             raise ValueError("innovation: state has non-finite values")
         seen = count > 0
         if bool(
@@ -527,12 +552,16 @@ class InnovationSignal:
             | (weight > 1).any()
             | (seen & (weight <= 0)).any()
             | (~seen & (weight != 0)).any()
-            | (torch.minimum(mean, mean_all) < 0).any()
-            | (torch.maximum(mean, mean_all) > self.clip * weight * (1 + 1e-9)).any()
+            | (torch.minimum(torch.minimum(mean, mean_all), mean_scaled) < 0).any()
+            | (
+                torch.maximum(torch.maximum(mean, mean_all), mean_scaled)
+                > self.clip * weight * (1 + 1e-9)
+            ).any()
         ):
             raise ValueError(
                 "innovation: state must have counts >= 0, weights in (0, 1] exactly where a "
-                f"client was observed, and 0 <= mean, mean_all <= {self.clip:g} * weight"
+                "client was observed, and 0 <= mean, mean_all, mean_scaled <= "
+                f"{self.clip:g} * weight"
             )
         rnd = state["round"]
         latest = int(last.max()) if last.numel() else -1
@@ -543,7 +572,7 @@ class InnovationSignal:
         st = self._state
         st.index = {c: i for i, c in enumerate(ids)}
         st.deviation, st.last_round, st.weight, st.count = dev, last, weight, count
-        st.mean, st.mean_all = mean, mean_all
+        st.mean, st.mean_all, st.mean_scaled = mean, mean_all, mean_scaled
         st.dim = None if dim is None else int(dim)
         st.round = rnd
         if stale:
