@@ -248,18 +248,28 @@ def test_stop28_calibration_examples_have_their_arms() -> None:
     assert arms == {"None", old % ""}
 
 
-def test_fresh_seeds_example_is_off_every_other_seed() -> None:
-    """``examples/trust_fresh_seeds_stop27.toml``: 80 attack-free runs (Modes 0 and 1) on seeds
-    60-99, which no calibration example and no benchmark run uses."""
+@pytest.mark.parametrize(
+    ("name", "seeds"),
+    [
+        ("trust_fresh_seeds_stop27.toml", range(60, 100)),
+        ("trust_fresh_seeds_stop28.toml", range(140, 180)),
+    ],
+)
+def test_fresh_seeds_examples_are_off_every_other_seed(name: str, seeds: range) -> None:
+    """``examples/trust_fresh_seeds_stop27.toml`` and ``…_stop28.toml``: 80 attack-free runs
+    (Modes 0 and 1) each, on seeds 60-99 and 140-179, which no calibration example, no benchmark
+    run and no other fresh-seed example uses."""
     examples = Path(__file__).resolve().parents[2] / "examples"
-    cells = expand(load_matrix(examples / "trust_fresh_seeds_stop27.toml"))
+    cells = expand(load_matrix(examples / name))
     assert len(cells) == 80
     fresh = {c.config["seed"] for c in cells}
-    assert fresh == set(range(60, 100))
+    assert fresh == set(seeds)
     assert {c.config["attack"] for c in cells} == {"none"}
     used = {c.config["seed"] for c in expand(load_matrix("trust"))}
-    for path in examples.glob("trust_calibration*.toml"):
-        used |= {c.config["seed"] for c in expand(load_matrix(path))}
+    others = [*examples.glob("trust_calibration*.toml"), *examples.glob("trust_fresh_seeds*.toml")]
+    for path in others:
+        if path.name != name:
+            used |= {c.config["seed"] for c in expand(load_matrix(path))}
     assert not fresh & used
 
 
