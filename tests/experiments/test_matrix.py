@@ -228,9 +228,9 @@ def test_stop27_calibration_examples_have_their_arms() -> None:
 def test_stop28_calibration_examples_have_their_arms() -> None:
     """``examples/trust_calibration_stop28.toml`` (640 runs: stop 27's innovation test and three
     arms with the previous deviation rescaled to the round, each counting the quorum as stop 27
-    did) and ``trust_calibration_stop28_quorum.toml`` (320 runs: the default, whose quorum counts
-    against the round's scale, and stop 27's count), off the benchmark's seeds (the held-out
-    ones are checked for every calibration example above)."""
+    did) and ``trust_calibration_stop28_quorum.toml`` (528 runs: the default, whose quorum counts
+    against the round's scale, the same at a level of T, and stop 27's count), off the
+    benchmark's seeds (the held-out ones are checked for every calibration example above)."""
     configs = _calibration_configs("trust_calibration_stop28.toml")
     assert len(configs) == 640
     arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
@@ -243,9 +243,10 @@ def test_stop28_calibration_examples_have_their_arms() -> None:
         old % (rescaled % ("", "-0.1")),
     }
     configs = _calibration_configs("trust_calibration_stop28_quorum.toml")
-    assert len(configs) == 320
+    assert len(configs) == 528
     arms = {str(cfg.defense_params.get("signal_params")) for cfg in configs}
-    assert arms == {"None", old % ""}
+    level = "{'tcdm': {'innovation': {'quorum_level': 1.0}}}"
+    assert arms == {"None", old % "", level}
 
 
 @pytest.mark.parametrize(

@@ -168,9 +168,12 @@ def test_the_previous_deviation_is_rescaled_to_the_round() -> None:
             sig(torch.tensor(r, dtype=torch.float64).unsqueeze(1), ids)
         state = sig.state_dict()
         assert float(state["mean_all"][0] / state["weight"][0]) == pytest.approx(running)
-    for flag in ("rescale", "rescale_reference"):
+    for flag in ("rescale", "rescale_reference", "quorum_rescaled"):
         with pytest.raises(ConfigError, match=flag):
             InnovationSignal(**{flag: 1})  # type: ignore[arg-type]
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="quorum_level"):
+            InnovationSignal(quorum_level=bad)
 
 
 def test_the_scale_change_reads_only_clients_present_in_both_rounds() -> None:
@@ -590,8 +593,8 @@ def test_a_shrinking_scale_does_not_open_the_quorum_when_it_counts_rescaled() ->
     place in the crowd (unscaled change about 1.5 against a median deviation of 0.5, a first
     innovation of 3: over the raised limit 1.65), so three are over and the quorum (2 of 20) is
     met: they are scored and fail. Counted against the round's own scale
-    (``quorum_rescaled``), they are not over the threshold (rescaled innovation about 0.1), the
-    quorum is not met and they wait; a crowd of two clients adding fresh noise is over both ways
+    (``quorum_rescaled``), they are far below the quorum's level of 0.93 T (rescaled innovation
+    about 0.1), the quorum is not met and they wait; a crowd of two clients adding fresh noise is over both ways
     and opens the quorum for everyone over the limit again."""
     scores = {}
     for counted in (False, True):

@@ -328,8 +328,11 @@ class InnovationSignal:
         (default ``False``: on the unscaled one).
     quorum_rescaled:
         Count a client over its limit towards the early quorum only if its running innovation
-        against the round's scale is over :math:`T` too (default ``True``; ``False``: stop 27's
-        count, every client over its limit).
+        against the round's scale is over ``quorum_level`` :math:`\cdot\, T` too (default
+        ``True``; ``False``: stop 27's count, every client over its limit).
+    quorum_level:
+        :math:`\kappa > 0`: the rescaled running innovation a client over its limit needs to
+        count towards the quorum, in units of :math:`T` (default 0.93: 1.4 at :math:`T = 1.5`).
     """
 
     name = "innovation"
@@ -347,6 +350,7 @@ class InnovationSignal:
     rescale: bool = False
     rescale_reference: bool = False
     quorum_rescaled: bool = True
+    quorum_level: float = 0.93
     _state: _Deviations = field(default_factory=_Deviations, init=False, repr=False, compare=False)
 
     group_tau: float = 0.99
@@ -376,6 +380,7 @@ class InnovationSignal:
             check_number("innovation", "sketch_dim", self.sketch_dim, low=1, integer=True)
         check_number("innovation", "seed", self.seed, low=0, integer=True)
         check_number("innovation", "group_tau", self.group_tau, low=0.0, high=1.0, low_open=True)
+        check_number("innovation", "quorum_level", self.quorum_level, low=0.0, low_open=True)
         for flag in ("rescale", "rescale_reference", "quorum_rescaled"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"innovation: {flag} must be a bool, got {getattr(self, flag)!r}")
@@ -489,9 +494,10 @@ class InnovationSignal:
         limit = self.limit(count)
         over = scored & (running > limit)
         running_scaled = running_value(st.mean_scaled, st.weight, rows, math.nan)
-        # The quorum counts a client over its limit only if it is over the plain threshold
-        # against the round's own scale as well (quorum_rescaled; see the class docstring).
-        counted = over & (running_scaled > self.threshold) if self.quorum_rescaled else over
+        # The quorum counts a client over its limit only if it is over quorum_level · T against
+        # the round's own scale as well (quorum_rescaled; see the class docstring).
+        level = self.quorum_level * self.threshold
+        counted = over & (running_scaled > level) if self.quorum_rescaled else over
         if int(counted.sum()) < quorum_count(self.early_quorum, n):
             # Too few clients over their limits for noise: those in the quorum window over theirs
             # wait (neutral); those under score 1 as ever.
