@@ -528,9 +528,10 @@ class InnovationSignal:
 
     def state_dict(self) -> dict[str, Any]:
         """``client_ids`` in row order, their last ``deviation`` ``(N, k)``, ``last_round`` (the
-        call it came from), the running ``mean`` (scored) and ``mean_all`` (with every client in
-        the reference) with their common ``weight`` and ``count``, ``dim`` and the number of calls
-        ``round`` (copies)."""
+        call it came from), the running ``mean`` (scored), ``mean_all`` (with every client in
+        the reference) and ``mean_scaled`` (against the round's scale: the quorum's count) with
+        their common ``weight`` and ``count``, ``dim`` and the number of calls ``round``
+        (copies)."""
         st = self._state
         return {
             "client_ids": list(st.index),
@@ -548,9 +549,10 @@ class InnovationSignal:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output, checked: shapes, finiteness, a weight in
-        ``(0, 1]`` exactly for the clients observed, ``0 <= mean, mean_all <= clip · weight`` (up
-        to rounding), ``round`` an integer after every ``last_round``. A state without
-        ``mean_all`` loads with it equal to ``mean``. Deviations sketched with an earlier layout
+        ``(0, 1]`` exactly for the clients observed, ``0 <= mean, mean_all, mean_scaled <= clip ·
+        weight`` (up to rounding), ``round`` an integer after every ``last_round``. A state
+        without ``mean_all`` or ``mean_scaled`` (saved before stop 28) loads with them equal to
+        ``mean``. Deviations sketched with an earlier layout
         of the sketch (:func:`~matl.trust.sketch.sketch_layout_changed`) cannot be compared with
         this round's: the running innovations are kept, and each client's next participation
         stores a new deviation without an observation (as after a skipped round)."""
