@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
@@ -13,6 +14,7 @@ from matl.aggregation.median import coordinate_median
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.trust import PeerSignal, Signal
 from matl.trust._util import median
+from matl.trust.base import SignalResult
 from matl.trust.peer import robust_center
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
@@ -354,3 +356,76 @@ def test_record_state_round_trip(honest_rounds: Rounds) -> None:
 def test_record_config_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         PeerSignal(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- the centre read ahead (prepare)
+def _same(a: SignalResult, b: SignalResult) -> None:
+    """Bit for bit: the read-ahead changes where the products are computed, not their values."""
+    assert torch.equal(a.scores, b.scores)
+    assert a.raw.keys() == b.raw.keys()
+    for key in a.raw:
+        assert torch.equal(a.raw[key], b.raw[key]), key
+
+
+@pytest.mark.parametrize("center_rows", [None, 7])
+def test_centre_products_read_ahead_give_the_result_of_a_plain_call(
+    honest_rounds: Rounds, center_rows: int | None
+) -> None:
+    """Read ahead or not, the same bits; a round with a tight group computes its own centre and
+    turns the next round's read-ahead off, and a round without one turns it back on."""
+    primed = PeerSignal(sketch_dim=8, record=True, center_rows=center_rows)
+    plain = PeerSignal(sketch_dim=8, record=True, center_rows=center_rows)
+    expect_read = [True, True, True, False, True]
+    # Rounds 1-5 (round 0's updates are so alike that a width-8 sketch sees a group in them).
+    for t, (u, ctx) in enumerate(list(honest_rounds(6))[1:]):
+        if t == 1:
+            u[:3] = -u[:3]
+        if t == 2:  # a tight group: its members are left out of the reference
+            u[:5] = u[5] + 1e-4 * u[5].norm() * torch.randn(5, u.shape[1], dtype=u.dtype)
+        assert primed.prepare(u, ctx, 8, 0) is expect_read[t]
+        a, b = primed(u, ctx), plain(u, ctx)
+        _same(a, b)
+        assert primed._primed is None  # one call only
+        assert bool(a.raw["in_reference"].min() == 1.0) is (t != 2)
+
+
+def test_centre_products_are_read_ahead_only_for_a_sketched_kernel_input(
+    honest_rounds: Rounds,
+) -> None:
+    u, ctx = next(honest_rounds(1))
+    sig = PeerSignal(sketch_dim=8)
+    assert not sig.prepare(u.half(), ctx, 8, 0)  # not a kernel dtype
+    assert not sig.prepare(u, ctx, 16, 0)  # another sketch than the signal's
+    assert not sig.prepare(u, ctx, 8, 1)  # another seed than the signal's
+    assert not PeerSignal(sketch_dim=64).prepare(u, ctx, 64, 0)  # d ≤ 4k: no sketch pass
+    assert not PeerSignal(sketch_dim=None).prepare(u, ctx, 8, 0)
+    with torch.inference_mode():
+        frozen = u.clone()
+    assert not sig.prepare(frozen, ctx, 8, 0)  # no version counter to check it against
+    assert not sig.prepare(u[:0], ctx, 8, 0)
+    assert sig.prepare(u, ctx, 8, 0)
+
+
+def test_centre_products_read_ahead_serve_only_the_updates_and_round_they_came_from(
+    honest_rounds: Rounds,
+) -> None:
+    (u1, ctx1), (u2, ctx2) = list(honest_rounds(3))[1:]
+    plain = PeerSignal(sketch_dim=8, center_rows=7)
+    sig = PeerSignal(sketch_dim=8, center_rows=7)
+    assert sig.prepare(u1, ctx1, 8, 0)
+    _same(sig(u2, ctx2), plain(u2, ctx2))  # other updates
+    assert sig.prepare(u1, ctx1, 8, 0)
+    u1[0] = -u1[0]  # changed in place after the read: the read is stale
+    _same(sig(u1, ctx1), plain(u1, ctx1))
+    assert sig.prepare(u2, ctx2, 8, 0)
+    later = dataclasses.replace(ctx2, round=ctx2.round + 1)  # another round: another subsample
+    _same(sig(u2, later), plain(u2, later))
+
+
+def test_a_malformed_input_is_left_to_the_call(honest_rounds: Rounds) -> None:
+    u, ctx = next(honest_rounds(1))
+    u[2, 3] = math.nan
+    sig = PeerSignal(sketch_dim=8)
+    sig.prepare(u, ctx, 8, 0)  # whatever it read, the call refuses the round
+    with pytest.raises(InvalidUpdateError):
+        sig(u, ctx)

@@ -15,7 +15,7 @@ from matl.aggregation import RoundContext, available_rules, get_rule, products
 from matl.data import load_dataset
 from matl.errors import ConfigError
 from matl.sim import History, Simulation, SimulationConfig
-from matl.trust import MATLRule, Mode0, Mode1
+from matl.trust import MATLRule, Mode0, Mode1, PeerSignal
 from matl.trust.rule import DEFAULT_SIGNAL_PARAMS
 
 #: The ``honest_rounds`` fixture (tests/trust/conftest.py): real honest FedAvg updates.
@@ -744,3 +744,40 @@ def test_a_round_another_signal_signs_still_spares_a_lone_pogq_failure(
         group = [False] * 16 + [True] * 4
         assert res[0.1].flagged.tolist() == [False, *group[1:]], ctx.round
         assert res[0.0].flagged.tolist() == [True, *group[1:]], ctx.round
+
+
+def test_mode0_reads_the_peer_centre_ahead_without_changing_a_bit() -> None:
+    """The engine reads peer comparison's products with its centre in the round's sketch pass
+    (PeerSignal.prepare) when the last round had no tight group: the rounds come out the same,
+    bit for bit, as an engine that never reads ahead — through a sign flip and a cartel round."""
+    gen = torch.Generator().manual_seed(3)
+    n, d = 30, 5000  # d > 4 · 1024: the round has a real sketch pass to share
+    base = torch.randn(d, generator=gen)
+    ahead, plain = MATLRule(mode=0), MATLRule(mode=0)
+    peer = ahead._engine.signals["peer"]
+    reads: list[bool] = []
+
+    def counted(*args: object) -> bool:
+        done = PeerSignal.prepare(peer, *args)  # type: ignore[arg-type]
+        reads.append(done)
+        return done
+
+    object.__setattr__(peer, "prepare", counted)
+    object.__setattr__(plain._engine.signals["peer"], "prepare", lambda *args: False)
+    for rnd in range(5):
+        u = base + torch.randn(n, d, generator=gen)
+        if rnd >= 1:
+            u[:4] = -u[:4]
+        if rnd == 2:
+            u[4:10] = -3.0 * base + 1e-3 * torch.randn(6, d, generator=gen)
+        ctx = RoundContext(client_ids=tuple(range(n)), round=rnd)
+        a, b = ahead(u, ctx), plain(u, ctx)
+        assert torch.equal(a.aggregate, b.aggregate)
+        assert torch.equal(a.weights, b.weights)
+        assert torch.equal(a.flagged, b.flagged)
+        assert a.scores is not None and b.scores is not None
+        assert torch.equal(a.scores, b.scores)
+        if rnd >= 1:
+            assert bool(a.flagged[:4].all())
+    # Read ahead in every round but the one after the cartel's.
+    assert reads == [True, True, True, False, True]

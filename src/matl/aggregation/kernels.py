@@ -10,6 +10,9 @@ norms another 7–11 ms. The kernels here are compiled with Numba (Lam, Pitrou, 
 cache:
 
 * :func:`sketch_and_norms` — the round's count sketch and the float64 row norms together;
+* :func:`sketch_norms_dots` — both, and every row's dot product with one vector (peer
+  comparison's centre, :meth:`~matl.trust.peer.PeerSignal.prepare`), summed in stripes
+  (:func:`striped_dots`);
 * :func:`gain_and_direction` — PoGQ's fast path: every row's dot product with the validation
   gradient and the sum of the unit directions of the rows it picks (see
   :meth:`~matl.trust.quality.PoGQSignal._fast`).
@@ -42,7 +45,9 @@ __all__ = [
     "kernel_dtype",
     "row_norms",
     "sketch_and_norms",
+    "sketch_norms_dots",
     "sketch_norms_gain",
+    "striped_dots",
 ]
 
 
@@ -89,8 +94,73 @@ def _sketch_row(
         sign = signs[a:b]
         for j in range(b - a):
             runs[j] += sign[j] * part[j]
-    for w in range(m):
+    _scatter(runs, buckets, out)
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def _scatter(
+    runs: np.ndarray, buckets: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """``out[buckets[w]] += runs[w]`` for every run ``w``."""
+    for w in range(buckets.shape[0]):
         out[buckets[w]] += runs[w]
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def _lanes_total(lanes: np.ndarray) -> float:  # pragma: no cover - compiled
+    """The float64 sum of the lanes of a striped dot product."""
+    total = 0.0
+    for w in range(lanes.shape[0]):
+        total += np.float64(lanes[w])
+    return total
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def _striped_dot(
+    row: np.ndarray, g: np.ndarray, lanes: np.ndarray
+) -> float:  # pragma: no cover - compiled
+    """``row · g`` summed in ``m = len(lanes)`` lanes of ``row``'s dtype — lane ``w`` over the
+    coordinates ``j ≡ w (mod m)``, in order — and then the lanes in float64 (see
+    :func:`striped_dots`)."""
+    d = row.shape[0]
+    m = lanes.shape[0]
+    lanes[:] = 0.0
+    for a in range(0, d, m):
+        b = min(a + m, d)
+        part = row[a:b]
+        gain = g[a:b]
+        for j in range(b - a):
+            lanes[j] += gain[j] * part[j]
+    return _lanes_total(lanes)
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def _sketch_dot_row(
+    row: np.ndarray,
+    signs: np.ndarray,
+    buckets: np.ndarray,
+    g: np.ndarray,
+    runs: np.ndarray,
+    lanes: np.ndarray,
+    out: np.ndarray,
+) -> float:  # pragma: no cover - compiled
+    """:func:`_sketch_row` and :func:`_striped_dot` (with ``m`` lanes, the sketch's run count)
+    in one sweep of the row: the same operations in the same order as the two apart, so the
+    same bits."""
+    d = row.shape[0]
+    m = buckets.shape[0]
+    runs[:] = 0.0
+    lanes[:] = 0.0
+    for a in range(0, d, m):
+        b = min(a + m, d)
+        part = row[a:b]
+        sign = signs[a:b]
+        gain = g[a:b]
+        for j in range(b - a):
+            runs[j] += sign[j] * part[j]
+            lanes[j] += gain[j] * part[j]
+    _scatter(runs, buckets, out)
+    return _lanes_total(lanes)
 
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
@@ -157,6 +227,34 @@ def _sketch_rows(
     for i in range(start, stop):
         norms[i] = _norm(x[i])
         _sketch_row(x[i], signs, buckets, runs, out[i])
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def _sketch_dot_rows(
+    x: np.ndarray,
+    signs: np.ndarray,
+    buckets: np.ndarray,
+    g: np.ndarray,
+    out: np.ndarray,
+    norms: np.ndarray,
+    dots: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:  # pragma: no cover - compiled; exercised through sketch_norms_dots
+    runs = np.empty(buckets.shape[0], dtype=x.dtype)
+    lanes = np.empty(buckets.shape[0], dtype=x.dtype)
+    for i in range(start, stop):
+        norms[i] = _norm(x[i])
+        dots[i] = _sketch_dot_row(x[i], signs, buckets, g, runs, lanes, out[i])
+
+
+@njit(nogil=True, fastmath=_FAST, cache=True)
+def _striped_dot_rows(
+    x: np.ndarray, g: np.ndarray, m: int, dots: np.ndarray, start: int, stop: int
+) -> None:  # pragma: no cover - compiled; exercised through striped_dots
+    lanes = np.empty(m, dtype=x.dtype)
+    for i in range(start, stop):
+        dots[i] = _striped_dot(x[i], g, lanes)
 
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
@@ -297,6 +395,56 @@ def sketch_and_norms(
 
     map_chunks(n, piece, split=parallel(x))
     return torch.from_numpy(out), torch.from_numpy(norms)
+
+
+def striped_dots(x: torch.Tensor, g: torch.Tensor, m: int) -> torch.Tensor:
+    r"""``(n,)`` float64: every row's dot product with ``g`` (``(d,)``, cast to ``x``'s dtype),
+    summed in ``m`` lanes of ``x``'s dtype and then in float64.
+
+    Lane :math:`w` holds :math:`\sum_{j \equiv w \ (\mathrm{mod}\ m)} g_j x_{ij}`, added in
+    coordinate order; the row's product is the float64 sum of its lanes. With ``m`` the round
+    sketch's run count each lane adds at most 32 terms, so the product is about as accurate as a
+    float64 sum (measured at :math:`d = 10^5`: an error of 5e-8 of the largest product, against
+    4e-6 for PyTorch's float32 ``mv``), and :func:`sketch_norms_dots` reads the same
+    products, bit for bit, in the sketch's own pass. ``x`` must satisfy :func:`kernel_dtype`;
+    wrong arguments raise :class:`ValueError`."""
+    _check_rows(x)
+    _check_vector(g, x.shape[1], "g")
+    if int(m) < 1:
+        raise ValueError(f"kernels: the lane count m must be >= 1, got {m}")
+    n = x.shape[0]
+    dots = np.empty(n, dtype=np.float64)
+    xs, gs = _numpy(x), _numpy(g.detach().to(x.dtype).contiguous())
+
+    def piece(start: int, stop: int) -> None:
+        _striped_dot_rows(xs, gs, int(m), dots, start, stop)
+
+    map_chunks(n, piece, split=parallel(x))
+    return torch.from_numpy(dots)
+
+
+def sketch_norms_dots(
+    x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sketch, norms, dots)`` in one read of each row: :func:`sketch_and_norms` (the same
+    bits) and :func:`striped_dots` with ``m = len(buckets)`` lanes (the same bits), the lanes
+    added in the sketch's own sweep of the row. Measured (best of 9, :math:`n = 1000, d = 10^5`,
+    float32, 2 cores): 20 ms against 15 ms for the sketch and norms alone and 8–12 ms for a
+    separate product."""
+    _check_sketch(x, signs, buckets, k)
+    _check_vector(g, x.shape[1], "g")
+    n, _ = x.shape
+    out = np.zeros((n, k), dtype=np.float64)
+    norms = np.empty(n, dtype=np.float64)
+    dots = np.empty(n, dtype=np.float64)
+    xs, sg, bk = _numpy(x), _numpy(signs), _numpy(buckets)
+    gs = _numpy(g.detach().to(x.dtype).contiguous())
+
+    def piece(start: int, stop: int) -> None:
+        _sketch_dot_rows(xs, sg, bk, gs, out, norms, dots, start, stop)
+
+    map_chunks(n, piece, split=parallel(x))
+    return torch.from_numpy(out), torch.from_numpy(norms), torch.from_numpy(dots)
 
 
 def sketch_norms_gain(

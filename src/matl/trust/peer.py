@@ -3,14 +3,16 @@ r"""Mode 0 — peer comparison: robust statistics of each update against the rou
 Without trusted data, the only reference is the crowd. :class:`PeerSignal` takes the coordinate-wise
 median of the round's updates as a robust centre and asks three questions of every update: does it
 point the same way as the centre, is its length ordinary, and is it unusually far from the centre?
-All three are computed from two passes over the updates (the row norms and one matrix–vector
-product with the centre) plus the median itself; there is no ``(n, d)`` temporary and no loop over
-clients.
+All three are computed from the row norms and one matrix–vector product with the centre plus the
+median itself; there is no ``(n, d)`` temporary and no loop over clients. In the trust engine the
+norms and the products are read in the round's sketch pass (:meth:`PeerSignal.prepare`), so the
+signal reads only the centre's sampled rows of its own.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import torch
 
 from matl.aggregation.base import RoundContext
+from matl.aggregation.kernels import kernel_dtype, striped_dots
+from matl.aggregation.memo import fingerprint
 from matl.aggregation.order_stats import column_ranks, midpoint
 from matl.aggregation.products import row_dots
 from matl.errors import ConfigError
@@ -32,7 +36,7 @@ from matl.trust._util import (
 )
 from matl.trust.base import SignalResult
 from matl.trust.record import DirectionRecord
-from matl.trust.sketch import tight_group_members
+from matl.trust.sketch import round_sketch_dots, sketch_width, stripe_lanes, tight_group_members
 
 __all__ = ["PeerSignal", "robust_center"]
 
@@ -59,6 +63,19 @@ def robust_center(updates: torch.Tensor, rows: torch.Tensor | None = None) -> to
         lo, hi = column_ranks(updates, [m // 2 - 1, m // 2], rows=rows)
         values = midpoint(lo, hi)
     return torch.from_numpy(values).to(device=updates.device, dtype=updates.dtype)
+
+
+@dataclass(frozen=True)
+class _PrimedCenter:
+    """The centre of every row and its dot products, read ahead in the round's sketch pass
+    (:meth:`PeerSignal.prepare`) for the very updates (a weak reference and their fingerprint)
+    and round they were computed for."""
+
+    updates: weakref.ref[torch.Tensor]
+    mark: tuple[Any, ...]
+    round: int
+    center: torch.Tensor
+    dots: torch.Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,6 +259,10 @@ class PeerSignal:
     record_harm_memory: float = 0.8
     uncredited_shift: float = 0.0
     _record: DirectionRecord | None = field(default=None, init=False, repr=False, compare=False)
+    _primed: _PrimedCenter | None = field(default=None, init=False, repr=False, compare=False)
+    #: Whether the last call's reference held every client (then the next round's centre is
+    #: read ahead by :meth:`prepare`); a scheduling hint, not state: results do not depend on it.
+    _wide: bool = field(default=True, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_number(
@@ -298,14 +319,80 @@ class PeerSignal:
             rows = pool[torch.randperm(pool.numel(), generator=g)[: self.center_rows]].sort().values
         return robust_center(updates, rows)
 
+    def center_dots(self, updates: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        r"""``(n,)`` float64 :math:`u_i^\top c`: for a CPU float32/float64 input the striped
+        products of :func:`matl.aggregation.kernels.striped_dots` with
+        :func:`~matl.trust.sketch.stripe_lanes` ``(d, sketch_dim)`` lanes (the products
+        :meth:`prepare` reads in the sketch's pass, bit for bit), else PyTorch's product in the
+        updates' dtype."""
+        if kernel_dtype(updates):
+            return striped_dots(updates, center, stripe_lanes(updates.shape[1], self.sketch_dim))
+        return row_dots(updates, center).to(torch.float64)
+
+    def prepare(self, updates: torch.Tensor, ctx: RoundContext | None, k: int, seed: int) -> bool:
+        r"""Read the centre's dot products in the round's sketch pass, ahead of the call.
+
+        The centre :math:`c` of every row (the reference the call uses when no tight group
+        forms) is computed now from its sampled rows, and
+        :func:`~matl.trust.sketch.round_sketch_dots` reads every :math:`u_i^	op c` in the same
+        read of the updates as the round's sketch ``(k, seed)`` and row norms. The next call on
+        these very updates in the same round uses them if its reference holds every client, and
+        computes the centre of its reference and its products itself otherwise (the same values
+        either way). The trust engine calls this before the input check (Mode 0) when the last
+        call's reference held every client: a round with a tight group after one without pays
+        for one centre twice (measured at :math:`n = 1000, d = 10^5`: one read of 400 MB less
+        per round, against 27–35 ms for the centre). Returns whether the products were read;
+        ``False`` leaves everything to the call (which also reports any error).
+        """
+        object.__setattr__(self, "_primed", None)
+        if (
+            not self._wide
+            or not kernel_dtype(updates)
+            or updates.is_inference()  # no version counter to check
+            or updates.shape[0] == 0
+            or (k, seed) != (self.sketch_dim, self.seed)
+            or sketch_width(updates.shape[1], k) != k
+        ):
+            return False
+        try:
+            with torch.no_grad():
+                center = self.center(updates, ctx)
+        except Exception:  # a malformed input: the call reports it
+            return False
+        dots = round_sketch_dots(updates, k, center, seed=seed)
+        rnd = ctx.round if ctx is not None else 0
+        primed = _PrimedCenter(weakref.ref(updates), fingerprint(updates), rnd, center, dots)
+        object.__setattr__(self, "_primed", primed)
+        return True
+
+    def _take_primed(
+        self, updates: torch.Tensor, ctx: RoundContext | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The primed ``(center, dots)`` when they were read from these very updates in this
+        round (then forgotten: they serve one call), else ``None``."""
+        primed = self._primed
+        object.__setattr__(self, "_primed", None)
+        if primed is None or primed.updates() is not updates:
+            return None
+        rnd = ctx.round if ctx is not None else 0
+        if primed.round != rnd or primed.mark != fingerprint(updates):
+            return None
+        return primed.center, primed.dots
+
     def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> SignalResult:
         """Score the ``(n, d)`` ``updates``; ``ctx`` is only used for the round number."""
+        primed = self._take_primed(updates, ctx)
         check_rows(updates, "peer")
         norms = row_norms(updates, "peer")
         ref_rows = self.reference(updates)
+        wide = bool(ref_rows.all())
+        object.__setattr__(self, "_wide", wide)
         with torch.no_grad():
-            center = self.center(updates, ctx, ref_rows)
-            dots = row_dots(updates, center).to(torch.float64)
+            if primed is not None and wide:
+                center, dots = primed
+            else:
+                center = self.center(updates, ctx, ref_rows)
+                dots = self.center_dots(updates, center)
         c_norm = float(torch.linalg.vector_norm(center.to(torch.float64)))
 
         # Direction.
@@ -384,5 +471,7 @@ class PeerSignal:
 
     def reset(self) -> None:
         """Forget every client's record (nothing without ``record``)."""
+        object.__setattr__(self, "_primed", None)
+        object.__setattr__(self, "_wide", True)
         if self._record is not None:
             self._record.reset()

@@ -503,8 +503,9 @@ class MATLRule(AggregationRule):
         """Validate and aggregate, as every rule does, after computing the round's shared sketch:
         its one read of the updates also gives the row norms the input check reads
         (:func:`matl.aggregation.kernels.sketch_and_norms`), so the check costs no pass of its
-        own, and, on PoGQ's fast path, PoGQ's products (:meth:`PoGQSignal.prepare`). A malformed
-        input is left to the check."""
+        own, and, on PoGQ's fast path, PoGQ's products (:meth:`PoGQSignal.prepare`), or in
+        Mode 0 peer comparison's products with its centre (:meth:`PeerSignal.prepare`). A
+        malformed input is left to the check."""
         temporal = getattr(self._engine.signals.get("tcdm"), "temporal", None)
         if (
             temporal is not None
@@ -515,7 +516,12 @@ class MATLRule(AggregationRule):
         ):
             k, seed = temporal.sketch_dim, temporal.seed
             pogq = self._engine.signals.get("pogq")
-            if not (k is not None and pogq is not None and pogq.prepare(updates, ctx, k, seed)):
+            peer = self._engine.signals.get("peer")
+            if pogq is not None:
+                primed = k is not None and pogq.prepare(updates, ctx, k, seed)
+            else:
+                primed = k is not None and peer is not None and peer.prepare(updates, ctx, k, seed)
+            if not primed:
                 round_sketch(updates, k, seed=seed)
         return super().__call__(updates, ctx)
 

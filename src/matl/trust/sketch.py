@@ -65,7 +65,12 @@ from typing import Any
 
 import torch
 
-from matl.aggregation.kernels import kernel_dtype, sketch_and_norms, sketch_norms_gain
+from matl.aggregation.kernels import (
+    kernel_dtype,
+    sketch_and_norms,
+    sketch_norms_dots,
+    sketch_norms_gain,
+)
 from matl.aggregation.memo import round_memo
 from matl.trust._util import unit_rows
 
@@ -76,10 +81,12 @@ __all__ = [
     "gaussian_projection",
     "pairwise_cosines",
     "round_sketch",
+    "round_sketch_dots",
     "round_sketch_gain",
     "sketch_cosines",
     "sketch_layout_changed",
     "sketch_width",
+    "stripe_lanes",
     "tight_group_members",
 ]
 
@@ -95,10 +102,15 @@ _BLOCK_ELEMENTS = 1 << 22
 
 
 @functools.lru_cache(maxsize=16)
+def _runs(d: int, k: int) -> tuple[int, int]:
+    """``(run length, run count m)`` of the two-level sketch of ``d`` coordinates at width ``k``."""
+    run = max(1, min(_MAX_RUN, d // (4 * k)))
+    return run, -(-d // run)
+
+
 def _plan(d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(signs (d,) float64, bucket of each run (m,) int64, run length)`` for ``(d, k, seed)``."""
-    run = max(1, min(_MAX_RUN, d // (4 * k)))
-    m = -(-d // run)
+    run, m = _runs(d, k)
     g = torch.Generator().manual_seed(int(seed))
     signs = torch.randint(0, 2, (d,), generator=g, dtype=torch.int64).to(torch.float64) * 2 - 1
     buckets = torch.randperm(m, generator=g) % k
@@ -184,6 +196,34 @@ def round_sketch_gain(
     round_memo("sketch", x, k, seed, lambda: sketch)
     round_memo("norms", x, None, 0, lambda: norms)
     return dots, direction
+
+
+def stripe_lanes(d: int, k: int | None) -> int:
+    """The lane count of the round's striped dot products at width ``k``
+    (:func:`matl.aggregation.kernels.striped_dots`): the run count of the ``(d, k)`` sketch, so
+    that :func:`round_sketch_dots` can read the same products in the sketch's pass; ``min(d, 1024)``
+    where the rows are used exactly (no sketch pass to share)."""
+    if sketch_width(d, k) == d:
+        return max(1, min(d, 1024))
+    assert k is not None
+    return _runs(d, k)[1]
+
+
+def round_sketch_dots(x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    r"""Every row's dot product with ``g`` (:func:`matl.aggregation.kernels.striped_dots` with
+    :func:`stripe_lanes` ``(d, k)`` lanes: the same bits), read in the same pass as the round's
+    sketch and row norms, which it leaves in the round memo for :func:`round_sketch` and
+    :func:`~matl.aggregation.memo.round_norms` (peer comparison's centre, primed by the trust
+    engine: :meth:`matl.trust.peer.PeerSignal.prepare`). Needs a kernel input
+    (:func:`~matl.aggregation.kernels.kernel_dtype`) and a real sketch (:func:`sketch_width`
+    ``(d, k) == k``)."""
+    d = x.shape[1]
+    if not kernel_dtype(x) or sketch_width(d, k) != k:
+        raise ValueError("round_sketch_dots needs a CPU float32/float64 input and d > 4k")
+    sketch, norms, dots = sketch_norms_dots(x, *_layout(x, k, int(seed)), k, g)
+    round_memo("sketch", x, k, seed, lambda: sketch)
+    round_memo("norms", x, None, 0, lambda: norms)
+    return dots
 
 
 def sketch_layout_changed(state: dict[str, Any], width: int | None, sketch_dim: int | None) -> bool:
