@@ -334,7 +334,7 @@ class PeerSignal:
 
         The centre :math:`c` of every row (the reference the call uses when no tight group
         forms) is computed now from its sampled rows, and
-        :func:`~matl.trust.sketch.round_sketch_dots` reads every :math:`u_i^	op c` in the same
+        :func:`~matl.trust.sketch.round_sketch_dots` reads every :math:`u_i^\top c` in the same
         read of the updates as the round's sketch ``(k, seed)`` and row norms. The next call on
         these very updates in the same round uses them if its reference holds every client, and
         computes the centre of its reference and its products itself otherwise (the same values
