@@ -172,7 +172,7 @@ def test_large_inputs_split_into_chunks_give_the_same_results_with_any_thread_co
 def test_the_read_ahead_pass_needs_a_kernel_input_and_a_real_sketch() -> None:
     x = torch.randn(4, 200)
     g = torch.randn(200)
-    with pytest.raises(ValueError, match="float32/float64 input and d > 4k"):
+    with pytest.raises(ValueError, match="float32/float64 input with contiguous rows and d > 4k"):
         round_sketch_gain(x.half(), 16, g)
     with pytest.raises(ValueError, match="d > 4k"):
         round_sketch_gain(x, 64, g)  # d ≤ 4k: the rows are used exactly, no sketch
@@ -247,7 +247,7 @@ def test_striped_products_refuse_wrong_arguments() -> None:
     signs, buckets, _ = _plan(50, 4, 0)
     with pytest.raises(ValueError, match="g must be"):
         sketch_norms_dots(x, signs.float(), buckets, 4, torch.randn(3))
-    with pytest.raises(ValueError, match="float32/float64 input and d > 4k"):
+    with pytest.raises(ValueError, match="float32/float64 input with contiguous rows and d > 4k"):
         round_sketch_dots(x.half(), 4, torch.randn(50))
     with pytest.raises(ValueError, match="d > 4k"):
         round_sketch_dots(x, 16, torch.randn(50))  # d ≤ 4k: no sketch pass to share

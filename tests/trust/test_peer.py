@@ -403,7 +403,10 @@ def test_centre_products_are_read_ahead_only_for_a_sketched_kernel_input(
         frozen = u.clone()
     assert not sig.prepare(frozen, ctx, 8, 0)  # no version counter to check it against
     assert not sig.prepare(u[:0], ctx, 8, 0)
+    assert not sig.prepare(u, object(), 8, 0)  # type: ignore[arg-type]  # a context without a round
     assert sig.prepare(u, ctx, 8, 0)
+    sig.discard_primed()  # what the engine does when the round fails before the call
+    assert sig._primed is None
 
 
 def test_centre_products_read_ahead_serve_only_the_updates_and_round_they_came_from(

@@ -816,6 +816,10 @@ def test_products_are_read_ahead_only_on_the_fast_path_of_a_sketched_input(
     for path in ("fast", "exact"):
         with pytest.raises(ConfigError, match=r"updates are on cpu but .* on meta"):
             PoGQSignal(path=path)(u, elsewhere)
+    sig = PoGQSignal(path="fast")
+    assert sig.prepare(u, ctx, 8, 0)
+    sig.discard_primed()  # what the engine does when the round fails before the call
+    assert sig._primed is None
 
 
 def test_products_read_ahead_serve_only_the_updates_and_context_they_came_from(

@@ -781,3 +781,31 @@ def test_mode0_reads_the_peer_centre_ahead_without_changing_a_bit() -> None:
             assert bool(a.flagged[:4].all())
     # Read ahead in every round but the one after the cartel's.
     assert reads == [True, True, True, False, True]
+
+
+def test_a_round_refused_by_the_input_check_keeps_no_read_ahead() -> None:
+    """The peer centre's products are read before the input check; when the check refuses the
+    round (a NaN), nothing read ahead outlives it: the rule pickles, and the next round comes
+    out as in an engine that never read ahead."""
+    import pickle
+
+    from matl.errors import InvalidUpdateError
+
+    gen = torch.Generator().manual_seed(4)
+    n, d = 30, 5000
+    base = torch.randn(d, generator=gen)
+    ahead, plain = MATLRule(mode=0), MATLRule(mode=0)
+    peer = ahead._engine.signals["peer"]
+    bad = base + torch.randn(n, d, generator=gen)
+    bad[3, 17] = float("nan")
+    ctx0 = RoundContext(client_ids=tuple(range(n)), round=0)
+    assert peer.prepare(bad, ctx0, 1024, 0)  # the engine's own read-ahead would succeed too
+    peer.discard_primed()
+    with pytest.raises(InvalidUpdateError, match="NaN|non-finite"):
+        ahead(bad, ctx0)
+    assert peer._primed is None
+    pickle.dumps(ahead)
+    u = base + torch.randn(n, d, generator=gen)
+    ctx1 = RoundContext(client_ids=tuple(range(n)), round=1)
+    a, b = ahead(u, ctx1), plain(u, ctx1)
+    assert torch.equal(a.aggregate, b.aggregate) and torch.equal(a.flagged, b.flagged)

@@ -14,8 +14,10 @@ from matl.trust.sketch import (
     round_sketch,
     sketch_cosines,
     sketch_width,
+    stripe_lanes,
     tight_group_members,
 )
+from matl.trust.sketch import _layout as sketch_layout
 from matl.trust.tcdm import pairwise_cosines
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -182,3 +184,20 @@ def test_community_sizes_count_other_rows_only() -> None:
         dtype=torch.float64,
     )  # the last diagonal entry is below tau on purpose: it must not matter
     assert community_sizes(cos, 0.99).tolist() == [3.0, 3.0, 1.0, 3.0]
+
+
+def test_the_layout_of_a_sketch_is_built_once() -> None:
+    """The signs and bucket map of ``(d, k, seed)`` are drawn once and reused by every pass (a
+    rebuild costs 0.5 ms a pass at d = 10⁵ and 6 ms at 10⁶)."""
+    x = torch.zeros(2, 5000)
+    signs, buckets = sketch_layout(x, 64, 3)
+    again = sketch_layout(x, 64, 3)
+    assert again[0] is signs and again[1] is buckets
+    assert not torch.equal(sketch_layout(x, 64, 4)[1], buckets)
+
+
+def test_stripe_lanes_follow_the_sketch_or_cap_a_lane_at_32_terms() -> None:
+    assert stripe_lanes(100_000, 1024) == -(-100_000 // 24)  # the sketch's run count
+    assert stripe_lanes(3000, 1024) == 1024  # rows used exactly: 1024 lanes
+    assert stripe_lanes(10, None) == 10
+    assert stripe_lanes(1_000_000, None) == 31_250  # 32 terms a lane, not 977

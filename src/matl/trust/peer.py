@@ -5,8 +5,9 @@ median of the round's updates as a robust centre and asks three questions of eve
 point the same way as the centre, is its length ordinary, and is it unusually far from the centre?
 All three are computed from the row norms and one matrix–vector product with the centre plus the
 median itself; there is no ``(n, d)`` temporary and no loop over clients. In the trust engine the
-norms and the products are read in the round's sketch pass (:meth:`PeerSignal.prepare`), so the
-signal reads only the centre's sampled rows of its own.
+norms and the products are read in the round's sketch pass (:meth:`PeerSignal.prepare`), so in
+a round whose reference holds every client the signal reads only the centre's sampled rows of
+its own (with a tight group it computes the centre of the rest and their products itself).
 """
 
 from __future__ import annotations
@@ -355,15 +356,20 @@ class PeerSignal:
         ):
             return False
         try:
+            rnd = ctx.round if ctx is not None else 0
             with torch.no_grad():
                 center = self.center(updates, ctx)
-        except Exception:  # a malformed input: the call reports it
+        except Exception:  # a malformed input or context: the call reports it
             return False
         dots = round_sketch_dots(updates, k, center, seed=seed)
-        rnd = ctx.round if ctx is not None else 0
         primed = _PrimedCenter(weakref.ref(updates), fingerprint(updates), rnd, center, dots)
         object.__setattr__(self, "_primed", primed)
         return True
+
+    def discard_primed(self) -> None:
+        """Forget what :meth:`prepare` read (the trust engine calls this when the round fails
+        before the call, e.g. on an input the check refuses)."""
+        object.__setattr__(self, "_primed", None)
 
     def _take_primed(
         self, updates: torch.Tensor, ctx: RoundContext | None

@@ -500,6 +500,11 @@ class PoGQSignal:
         object.__setattr__(self, "_primed", primed)
         return True
 
+    def discard_primed(self) -> None:
+        """Forget what :meth:`prepare` read (the trust engine calls this when the round fails
+        before the call, e.g. on an input the check refuses)."""
+        object.__setattr__(self, "_primed", None)
+
     def _take_primed(
         self, updates: torch.Tensor, ctx: RoundContext | None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -523,7 +523,13 @@ class MATLRule(AggregationRule):
                 primed = k is not None and peer is not None and peer.prepare(updates, ctx, k, seed)
             if not primed:
                 round_sketch(updates, k, seed=seed)
-        return super().__call__(updates, ctx)
+        try:
+            return super().__call__(updates, ctx)
+        finally:  # a read-ahead serves one call: none is kept past a round, even a failed one
+            for signal in self._engine.signals.values():
+                discard = getattr(signal, "discard_primed", None)
+                if discard is not None:
+                    discard()
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n = updates.shape[0]

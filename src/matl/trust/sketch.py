@@ -61,6 +61,7 @@ deployment should treat the seed as a server secret.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -97,17 +98,20 @@ __all__ = [
 SKETCH_LAYOUT = "strided"
 #: Longest run of coordinates summed as one unit of the two-level count sketch.
 _MAX_RUN = 32
+#: Fewest lanes of the striped dot products where the rows are used exactly (:func:`stripe_lanes`).
+_EXACT_LANES = 1024
+
 #: Target number of entries of one row block of the sketch's temporaries.
 _BLOCK_ELEMENTS = 1 << 22
 
 
-@functools.lru_cache(maxsize=16)
 def _runs(d: int, k: int) -> tuple[int, int]:
     """``(run length, run count m)`` of the two-level sketch of ``d`` coordinates at width ``k``."""
     run = max(1, min(_MAX_RUN, d // (4 * k)))
     return run, -(-d // run)
 
 
+@functools.lru_cache(maxsize=16)
 def _plan(d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(signs (d,) float64, bucket of each run (m,) int64, run length)`` for ``(d, k, seed)``."""
     run, m = _runs(d, k)
@@ -179,6 +183,24 @@ def count_sketch(x: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
     return _torch_sketch(x, k, int(seed))
 
 
+def _with_round_sketch(
+    who: str,
+    x: torch.Tensor,
+    k: int,
+    seed: int,
+    read: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, ...]:
+    """Run a compiled pass ``read(signs, buckets) -> (sketch, norms, *extra)`` over ``x``, leave
+    its sketch and norms in the round memo (as :func:`round_sketch` and
+    :func:`~matl.aggregation.memo.round_norms` would compute them) and return ``extra``."""
+    if not kernel_dtype(x) or sketch_width(x.shape[1], k) != k:
+        raise ValueError(f"{who} needs a CPU float32/float64 input with contiguous rows and d > 4k")
+    sketch, norms, *extra = read(*_layout(x, k, int(seed)))
+    round_memo("sketch", x, k, seed, lambda: sketch)
+    round_memo("norms", x, None, 0, lambda: norms)
+    return tuple(extra)
+
+
 def round_sketch_gain(
     x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,22 +211,24 @@ def round_sketch_gain(
     path, primed by the trust engine: :meth:`matl.trust.quality.PoGQSignal.prepare`). Needs a
     kernel input (:func:`~matl.aggregation.kernels.kernel_dtype`) and a real sketch
     (:func:`sketch_width` ``(d, k) == k``)."""
-    d = x.shape[1]
-    if not kernel_dtype(x) or sketch_width(d, k) != k:
-        raise ValueError("round_sketch_gain needs a CPU float32/float64 input and d > 4k")
-    sketch, norms, dots, direction = sketch_norms_gain(x, *_layout(x, k, int(seed)), k, g)
-    round_memo("sketch", x, k, seed, lambda: sketch)
-    round_memo("norms", x, None, 0, lambda: norms)
+    dots, direction = _with_round_sketch(
+        "round_sketch_gain",
+        x,
+        k,
+        seed,
+        lambda signs, buckets: sketch_norms_gain(x, signs, buckets, k, g),
+    )
     return dots, direction
 
 
 def stripe_lanes(d: int, k: int | None) -> int:
     """The lane count of the round's striped dot products at width ``k``
     (:func:`matl.aggregation.kernels.striped_dots`): the run count of the ``(d, k)`` sketch, so
-    that :func:`round_sketch_dots` can read the same products in the sketch's pass; ``min(d, 1024)``
-    where the rows are used exactly (no sketch pass to share)."""
+    that :func:`round_sketch_dots` can read the same products in the sketch's pass. Where the rows
+    are used exactly (no sketch pass to share) at least ``_EXACT_LANES`` lanes (all ``d`` if fewer)
+    and enough that a lane adds at most ``_MAX_RUN`` terms, as it does beside a sketch."""
     if sketch_width(d, k) == d:
-        return max(1, min(d, 1024))
+        return max(1, min(d, max(_EXACT_LANES, -(-d // _MAX_RUN))))
     assert k is not None
     return _runs(d, k)[1]
 
@@ -217,12 +241,13 @@ def round_sketch_dots(x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0
     engine: :meth:`matl.trust.peer.PeerSignal.prepare`). Needs a kernel input
     (:func:`~matl.aggregation.kernels.kernel_dtype`) and a real sketch (:func:`sketch_width`
     ``(d, k) == k``)."""
-    d = x.shape[1]
-    if not kernel_dtype(x) or sketch_width(d, k) != k:
-        raise ValueError("round_sketch_dots needs a CPU float32/float64 input and d > 4k")
-    sketch, norms, dots = sketch_norms_dots(x, *_layout(x, k, int(seed)), k, g)
-    round_memo("sketch", x, k, seed, lambda: sketch)
-    round_memo("norms", x, None, 0, lambda: norms)
+    (dots,) = _with_round_sketch(
+        "round_sketch_dots",
+        x,
+        k,
+        seed,
+        lambda signs, buckets: sketch_norms_dots(x, signs, buckets, k, g),
+    )
     return dots
 
 
