@@ -801,7 +801,7 @@ def test_a_round_refused_by_the_input_check_keeps_no_read_ahead() -> None:
     ctx0 = RoundContext(client_ids=tuple(range(n)), round=0)
     assert peer.prepare(bad, ctx0, 1024, 0)  # the engine's own read-ahead would succeed too
     peer.discard_primed()
-    with pytest.raises(InvalidUpdateError, match="NaN|non-finite"):
+    with pytest.raises(InvalidUpdateError, match=r"NaN|non-finite"):
         ahead(bad, ctx0)
     assert peer._primed is None
     pickle.dumps(ahead)

@@ -7,6 +7,7 @@ import torch
 
 from matl.errors import InvalidUpdateError
 from matl.trust._util import row_norms
+from matl.trust.sketch import _layout as sketch_layout
 from matl.trust.sketch import (
     community_sizes,
     count_sketch,
@@ -17,7 +18,6 @@ from matl.trust.sketch import (
     stripe_lanes,
     tight_group_members,
 )
-from matl.trust.sketch import _layout as sketch_layout
 from matl.trust.tcdm import pairwise_cosines
 
 pytestmark = pytest.mark.usefixtures("single_thread")
