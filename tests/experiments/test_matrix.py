@@ -274,6 +274,32 @@ def test_fresh_seeds_examples_are_off_every_other_seed(name: str, seeds: range) 
     assert not fresh & used
 
 
+def test_committee_example_has_its_arms_and_its_committed_rows() -> None:
+    """``examples/trust_committee.toml``: 216 valid runs (eight attacks at 45 % and attack-free, on
+    the benchmark's seeds, with 200 or 1000 validation samples per validator) for four committees
+    of five validators, every one of which builds its rule; ``docs/results/trust/committee.csv``
+    holds one finished row for each of them and no other."""
+    from matl.aggregation import get_rule
+    from matl.sim import SimulationConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cells = expand(load_matrix(root / "examples" / "trust_committee.toml"))
+    assert len(cells) == 216
+    arms = set()
+    for cell in cells:
+        cfg = SimulationConfig.model_validate(cell.config)
+        rule = get_rule("matl", **cfg.defense_params)
+        assert rule.validators == 5 and rule.mode == 1
+        arms.add((rule.lying_validators, rule.lie))
+        assert cfg.seed in (0, 1, 2) and cfg.root_samples in (1000, 5000)
+        assert (cfg.attack == "none") == (cfg.byzantine_fraction == 0.0)
+    assert arms == {(0, "invert"), (1, "invert"), (1, "random"), (2, "invert")}
+    with (root / "docs" / "results" / "trust" / "committee.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["key"] for r in rows) == sorted(c.key for c in cells)
+    assert all(r["status"] == "ok" for r in rows)
+
+
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     matrix = tmp_path / "m.toml"
     seeds = list(range(8))

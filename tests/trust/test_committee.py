@@ -112,6 +112,53 @@ def test_random_lies_are_seeded() -> None:
     assert torch.equal(a[:2], reports[:2])
 
 
+def test_each_stream_of_a_random_lie_is_drawn_apart() -> None:
+    reports = _reports(4, 0)
+    com = Committee(validators=4, liars=2, lie="random", seed=1)
+    scores, exempt = com.corrupt(reports, 3, stream=1), com.corrupt(reports, 3, stream=2)
+    assert not torch.equal(scores[2:], com.corrupt(reports, 3)[2:])
+    assert not torch.equal(scores[2:], exempt[2:])
+    assert torch.equal(scores, com.corrupt(reports, 3, stream=1))
+    assert torch.equal(scores[:2], reports[:2])
+
+
+def test_the_floor_is_the_lowest_value_more_than_a_third_of_the_power_reports() -> None:
+    values = torch.tensor([[0.1, 0.9], [0.5, 0.8], [0.7, 0.2]], dtype=torch.float64)
+    assert Committee(validators=3).floor(values).tolist() == [0.5, 0.8]  # second lowest
+    assert Committee(validators=1).floor(values[:1]).tolist() == [0.1, 0.9]
+    assert Committee(validators=2).floor(values[:2]).tolist() == [0.1, 0.8]  # the minimum
+    com = Committee(validators=3)
+    com.load_state_dict({"reputation": [1.0, 0.05, 0.05]})  # only validator 0 has power
+    assert com.floor(values).tolist() == [0.1, 0.9]
+    com.load_state_dict({"reputation": [0.0, 0.0, 0.0]})  # nobody has power: the minimum
+    assert com.floor(values).tolist() == [0.1, 0.2]
+
+
+@pytest.mark.parametrize(("validators", "liars"), [(3, 1), (4, 1), (6, 2), (7, 2)])
+@pytest.mark.parametrize("lie", ["invert", "random"])
+def test_liars_within_the_tolerance_can_neither_fake_nor_hide_a_low_floor(
+    validators: int, liars: int, lie: str
+) -> None:
+    """Honest validators agree that the Byzantine clients score low; liars holding at most a
+    third of the power cannot pull an honest client's floor below every honest report, nor lift
+    a Byzantine client's above the honest reports."""
+    honest = _reports(validators, 5)
+    com = Committee(validators=validators, liars=liars, lie=lie)  # type: ignore[arg-type]
+    floor = com.floor(com.corrupt(honest, 0, stream=1))
+    truthful = honest[: validators - liars]
+    assert torch.all(floor >= truthful.min(dim=0).values)
+    assert torch.all(floor <= truthful.max(dim=0).values)
+    assert torch.all(floor[HONEST] > 0.6) and torch.all(floor[~HONEST] < 0.4)
+
+
+def test_consensus_is_the_power_weighted_median() -> None:
+    values = _reports(4, 2)
+    com = Committee(validators=4)
+    assert torch.equal(com.consensus(values), weighted_median(values, torch.ones(4)))
+    com.load_state_dict({"reputation": [0.0, 0.0, 0.0, 0.0]})
+    assert torch.equal(com.consensus(values), values.median(dim=0).values)
+
+
 def test_state_round_trip() -> None:
     com = Committee(validators=4, liars=1)
     for rnd in range(3):

@@ -81,6 +81,8 @@ def test_mode_shorthands_and_top_level_exports() -> None:
     [
         {"mode": 0, "weights": {"pogq": 1.0}},  # no oracle in Mode 0
         {"weights": {"tcdm": -1.0}},
+        {"weights": (0.4, 0.3, 0.3)},  # weights name their signals
+        {"weights": 5},
         {"signal_params": {"nope": {}}},
         {"signal_params": {"pogq": {"bogus": 1}}},
         {"threshold": "kmeans"},
@@ -426,6 +428,37 @@ def test_committee_outvotes_a_lying_validator(honest_rounds: Rounds, lie: str) -
         assert committee["passed"] and committee["value"] >= 2 / 3
     reputation = res.details["validator_reputation"]
     assert min(reputation[:3]) > 0.99 and reputation[3] < 0.75
+
+
+@pytest.mark.parametrize("lie", ["invert", "random"])
+def test_a_lying_validators_pogq_neither_fails_the_honest_nor_spares_a_flipper(
+    honest_rounds: Rounds, lie: str
+) -> None:
+    """A liar falsifies its PoGQ scores and exemptions as it does its report. One liar of four
+    (an inverting one reports PoGQ 0 for every honest client and exempts everyone): honest
+    clients are not flagged, the flippers' PoGQ evidence stays low, and a lone unblemished
+    failure is still spared by the oracle quorum, as with four honest validators."""
+    rule = MATLRule(mode=1, validators=4, lying_validators=1, lie=lie)  # type: ignore[arg-type]
+    lone = MATLRule(
+        mode=1,
+        oracle_quorum=0.1,
+        validators=4,
+        lying_validators=1,
+        lie=lie,  # type: ignore[arg-type]
+        signal_params=UNBLEMISHED,
+    )
+    for u, ctx in honest_rounds(4):
+        res = rule(_sign_flip(u), ctx)
+        assert res.flagged.tolist() == [True] * N_BYZ + [False] * (20 - N_BYZ), ctx.round
+        assert res.details is not None
+        for verdict in res.details["verdicts"]:
+            pogq = next(r for r in verdict["reasons"] if r["signal"] == "pogq")
+            flipper = verdict["client_id"] < N_BYZ
+            assert pogq["value"] <= 0.1 if flipper else pogq["value"] > pogq["threshold"]
+        spared = lone(_sign_flip(u, f=1, scale=1.0), ctx)
+        assert not spared.flagged.any(), ctx.round
+        assert spared.details is not None
+        assert spared.details["pogq_signature"]["exempt"] == 0
 
 
 @pytest.mark.parametrize("fallback", ["skip", "median"])

@@ -22,7 +22,10 @@ One round, for updates :math:`u_1, \dots, u_n` (deltas from the global model):
    its own PoGQ on its shard of ``ctx.validation`` (rows ``v::V``; Mode 0 validators share the
    peer score), the liars corrupt theirs, every report is thresholded, and a client is trusted
    only with a 2/3 quorum of reputation-weighted validator power (:mod:`matl.trust.committee`);
-   :math:`c_i` is then the power-weighted median of the reports.
+   :math:`c_i` is then the power-weighted median of the reports. Each validator also sends its
+   PoGQ scores and exemptions, which a liar corrupts the same way; the guard reads their
+   :meth:`~matl.trust.committee.Committee.floor` (the lowest value validators holding more than
+   1/3 of the power report) and PoGQ's own verdict their power-weighted median.
 4. **Cartels.** :class:`~matl.trust.cartel.CartelDetector` finds groups whose updates stayed
    near-identical for several rounds; members are flagged and their weight is multiplied by
    ``cartel_weight``.
@@ -71,7 +74,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -206,7 +209,8 @@ class MATLRule(AggregationRule):
     attack_signature:
         The threshold's ``signature`` (default 0.1; ``None`` turns the guard off): the adaptive
         cut applies only in a round where some client scores at most this on some weighted signal
-        (with a committee, on the shared signals or any validator's PoGQ; PoGQ only as the
+        (with a committee, on the shared signals or on the floor of the validators' PoGQ
+        scores, :meth:`~matl.trust.committee.Committee.floor`; PoGQ only as the
         ``oracle_quorum`` allows), a client a signal
         marks as failing outright counting as 0 (TCDM's community test marks the members of a
         tight group: three or more near-identical updates). On the calibration
@@ -220,7 +224,7 @@ class MATLRule(AggregationRule):
         it, or marked as failing), so an honest client that is merely weak on PoGQ is not cut
         in a round whose attackers fail TCDM. ``"round"``: any client below the cut in a signed
         round (the behaviour before). With a committee the validators vote with the round
-        scope (they exchange composite reports only) and a rejection of a client the signal
+        scope (they vote on composite reports) and a rejection of a client the signal
         scope spares is overturned. On the calibration seeds (10/11) it took Mode 1's
         false-positive rate under Gaussian noise at 20 % from 0.017 / 0.013 to 0.001 / 0.003
         and under ALIE at 20 % from 0.020 / 0.005 to 0.005 / 0 with detection unchanged;
@@ -249,7 +253,7 @@ class MATLRule(AggregationRule):
         composite reached 0.91–0.94. Calibration
         (seeds 10/11): sign flip 45 % 0.958 / 0.935 → 0.985 / 0.958, sleeper 20 % 0.844 / 0.844
         → 0.924 / 0.904, false-positive rates up to +0.008; ``docs/trust.md`` ("PoGQ's own
-        verdict"). With a committee it reads the validators' median PoGQ.
+        verdict"). With a committee it reads the power-weighted median of the validators' PoGQ.
     oracle_quorum:
         Mode 1 (default 0.08; 0 = off): PoGQ carries the attack signature in a round only when at
         least :math:`\lceil q n\rceil` of the round's :math:`n` clients fail it (score at most
@@ -260,7 +264,9 @@ class MATLRule(AggregationRule):
         weights and reputations), but they mark nobody, and neither the cut nor PoGQ's own
         verdict applies on PoGQ's account (a positive ``hard_floor`` still does). :math:`n`
         counts the round's participants: in rounds of at most 12 clients (under client sampling
-        too) the quorum is one client, no gate at all. ``details["pogq_signature"]`` records a
+        too) the quorum is one client, no gate at all. With a committee a client is exempt when
+        validators holding more than 1/3 of the power exempt it (so no liar within the tolerance
+        condition decides it). ``details["pogq_signature"]`` records a
         round in which someone failed PoGQ (``failing``, ``needed``, ``exempt``, ``carried``).
         Honest non-IID clients that keep raising the validation loss fail PoGQ one or two at a
         time, late in training; the attackers PoGQ catches fail it together, and a lone sign
@@ -405,6 +411,11 @@ class MATLRule(AggregationRule):
         allowed = (
             ("peer", "tcdm", "entropy") if self.mode == 0 else ("pogq", "peer", "tcdm", "entropy")
         )
+        if self.weights is not None and not isinstance(self.weights, Mapping):
+            raise ConfigError(
+                "matl: weights must map signal names to numbers, e.g. "
+                f"{dict(mode_weights(self.mode))}, got {self.weights!r}"
+            )
         check_weights(self.resolved_weights(), allowed)
         params = self.signal_params or {}
         if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
@@ -550,18 +561,24 @@ class MATLRule(AggregationRule):
             reports, primaries, own_exempt = self._validator_reports(
                 updates, rctx, results, weights
             )
+            # Each validator sends its PoGQ scores and exemptions too, and a liar falsifies them
+            # as it does its report; the rule reads the floor no coalition within the tolerance
+            # condition can fabricate or hide (Committee.floor).
             if primaries is not None:
-                own = primaries.to(torch.float64).min(dim=0).values
+                primaries = eng.committee.corrupt(primaries, rctx.round, stream=1)
+                own = eng.committee.floor(primaries)
                 lowest["pogq"] = torch.minimum(lowest["pogq"], own) if "pogq" in lowest else own
             if own_exempt is not None:
+                kept = eng.committee.corrupt((~own_exempt).to(torch.float64), rctx.round, stream=2)
+                own_exempt = eng.committee.floor(kept) < 0.5
                 exempt = own_exempt if exempt is None else exempt | own_exempt
         lowest, pogq_signature = self._apply_oracle_quorum(lowest, exempt)
         own_mark, marked = self._marks(lowest, ids)
         if eng.committee is not None:
             sent = eng.committee.corrupt(reports, rctx.round)
-            # Validators exchange composite reports only, so they vote with the round's guard;
-            # a rejection the signal-scoped guard would have spared (on the shared evidence and
-            # every validator's PoGQ) is overturned. Undecided clients stay untrusted.
+            # Validators vote on composite reports, so with the round's guard; a rejection the
+            # signal-scoped guard would have spared (on the shared evidence and the floor of the
+            # validators' PoGQ) is overturned. Undecided clients stay untrusted.
             low = min((float(v.min()) for v in lowest.values()), default=math.inf)
             committee_decision = eng.committee.vote(sent, lambda s: rule.decide(s, low).flagged)
             composite = committee_decision.score
@@ -571,7 +588,7 @@ class MATLRule(AggregationRule):
                 trusted = trusted | (decision.excused & committee_decision.rejected)
             evidence_signals: dict[str, SignalResult | torch.Tensor] = dict(results)
             if primaries is not None:
-                evidence_signals["pogq"] = primaries.median(dim=0).values
+                evidence_signals["pogq"] = eng.committee.consensus(primaries)
         else:
             composite = combine(results, weights)
             decision = rule.decide(composite, lowest, marked)
@@ -773,8 +790,8 @@ class MATLRule(AggregationRule):
         weights: dict[str, float],
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         r"""``(V, n)`` honest composite reports (before any lie) and, when each validator runs its
-        own PoGQ, the ``(V, n)`` PoGQ scores and the ``(n,)`` clients whose PoGQ failure is exempt
-        from the ``oracle_quorum`` on some validator (:func:`_exempt`)."""
+        own PoGQ, the ``(V, n)`` PoGQ scores and the ``(V, n)`` clients whose PoGQ failure each
+        validator exempts from the ``oracle_quorum`` (:func:`_exempt`), also before any lie."""
         eng = self._engine
         if not eng.validator_signals:
             report = combine(shared, weights)
@@ -787,8 +804,7 @@ class MATLRule(AggregationRule):
                 f"matl: {self.validators} validators need at least as many validation samples, "
                 f"got {len(y)}"
             )
-        reports, primaries = [], []
-        exempt: torch.Tensor | None = None
+        reports, primaries, exempt = [], [], []
         for v, sig in enumerate(eng.validator_signals):
             shard = dataclasses.replace(
                 ctx, validation=(x[v :: self.validators], y[v :: self.validators])
@@ -796,8 +812,8 @@ class MATLRule(AggregationRule):
             res = sig(updates, shard)
             primaries.append(res.scores.to(torch.float64))
             reports.append(combine({**shared, "pogq": res}, weights))
-            exempt = _exempt(res) if exempt is None else exempt | _exempt(res)
-        return torch.stack(reports), torch.stack(primaries), exempt
+            exempt.append(_exempt(res))
+        return torch.stack(reports), torch.stack(primaries), torch.stack(exempt)
 
     def _verdicts(
         self,
