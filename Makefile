@@ -51,7 +51,7 @@ paper: setup
 	$(BIN)/matl matrix paper --out runs/paper --workers 2
 	$(BIN)/matl report runs/paper
 
-# Issue 5's trust-engine benchmark and ablation (974 runs, 20-45 min on 2 cores).
+# Issue 5's trust-engine benchmark and ablation (1172 runs, 25-55 min on 2 cores).
 trust: setup
 	$(BIN)/matl matrix trust --out runs/trust --workers 2
 	$(BIN)/matl trust-report runs/trust --out docs/results/trust

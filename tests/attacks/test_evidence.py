@@ -6,7 +6,10 @@ same setup. Every attack needs an entry in :data:`CASES`, so a new one cannot sk
 
 Most attacks run in the default IID setup with their default parameters. Where an attack is by
 design (near-)harmless there, the case picks the setting its paper documents as the damaging one,
-and says why in ``why``. ``nan_inf`` is checked separately: the pipeline must reject it.
+and says why in ``why``. Two attacks are not about damage and are checked separately:
+``nan_inf`` (the pipeline must reject it) and ``free_rider`` (it takes the model without
+training; ``tests/attacks/test_free_rider.py`` checks what it sends and that MATL's entropy signal
+sees it).
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ CASES: dict[str, Case] = {
     ),
 }
 
+#: Model attacks whose point is not damage (see the module docstring).
+NOT_DAMAGE = {"nan_inf", "free_rider"}
+
 MODEL_ATTACKS = sorted(
     name
     for name in ATTACKS.names()
@@ -117,11 +123,11 @@ def _clean(data: Dataset, cache: dict[str, History], overrides: dict[str, Any]) 
 
 
 def test_every_model_attack_has_a_case() -> None:
-    missing = sorted(set(MODEL_ATTACKS) - set(CASES) - {"nan_inf"})
+    missing = sorted(set(MODEL_ATTACKS) - set(CASES) - NOT_DAMAGE)
     assert not missing, f"add evidence cases for {missing} in {__file__}"
 
 
-@pytest.mark.parametrize("name", [n for n in MODEL_ATTACKS if n != "nan_inf"])
+@pytest.mark.parametrize("name", [n for n in MODEL_ATTACKS if n not in NOT_DAMAGE])
 def test_attack_hurts_fedavg(name: str, data: Dataset, clean_runs: dict[str, History]) -> None:
     case = CASES.get(name)
     if case is None:

@@ -38,6 +38,21 @@ def test_variant_labels() -> None:
     assert variant(alone) == "PoGQ alone"
 
 
+def test_variant_labels_a_composite_that_drops_a_default_signal() -> None:
+    """Weights that keep some of the mode's default signals at their default weights and drop the
+    rest are an ablation of the composite, not the composite itself."""
+
+    def matl(mode: int, **weights: str) -> dict[str, Any]:
+        params = {f"defense_params.weights.{k}": v for k, v in weights.items()}
+        return _row("matl", "none", 0, 0, **{"defense_params.mode": mode}, **params)
+
+    assert variant(matl(1, pogq="0.4", tcdm="0.3")) == "Mode 1 without entropy"
+    assert variant(matl(0, peer="0.4", tcdm="0.3")) == "Mode 0 without entropy"
+    assert variant(matl(1, pogq="0.4", tcdm="0.3", entropy="0.3")) == "MATL Mode 1"
+    assert variant(matl(1, pogq="0.5", tcdm="0.5")) == "MATL Mode 1 (pogq 0.5, tcdm 0.5)"
+    assert variant(matl(0, peer="0.4", entropy="0.3")) == "Mode 0 without tcdm"
+
+
 def _rows() -> list[dict[str, Any]]:
     rows = [_row("fedavg", "none", 0.0, s, final_accuracy=0.95) for s in (0, 1)]
     for s in (0, 1):

@@ -17,9 +17,9 @@ Reads the rows of a ``matl matrix trust`` run (``results.csv``) and writes Markd
    attacked runs and of attack-free FedAvg; the target is 0 for every seed) and final accuracy; for
    defenses also run attack-free on other (held-out) seeds, the number of those seeds with no false
    positive, the mean and the worst rate.
-3. **Ablation.** The same runs for the composite (Modes 0 and 1), each signal alone (the engine with
-   one signal's weight 1: threshold, reputation and cartel detection unchanged), FLTrust, Krum and
-   median: mean detection, false-positive rate and final accuracy per attack and fraction, and the
+3. **Ablation.** The same runs for the composite (Modes 0 and 1), each composite without entropy
+   (its default weights with entropy's dropped), each signal alone (the engine with one signal's
+   weight 1: threshold, reputation and cartel detection unchanged), FLTrust, Krum and median: mean detection, false-positive rate and final accuracy per attack and fraction, and the
    mean over all cells.
 
 A variant's label comes from its defense and ``defense_params`` (:func:`variant`).
@@ -34,6 +34,7 @@ from typing import Any
 from matl.errors import ConfigError
 from matl.experiments.report import _mean, _num, _pct
 from matl.experiments.tables import markdown
+from matl.trust.composite import mode_weights
 
 __all__ = ["REQUIRED_COLUMNS", "TARGETS", "check_columns", "trust_report", "variant"]
 
@@ -75,6 +76,8 @@ _ALONE = {
 ORDER = (
     "MATL Mode 1",
     "MATL Mode 0",
+    "Mode 1 without entropy",
+    "Mode 0 without entropy",
     "PoGQ alone",
     "peer alone",
     "TCDM alone",
@@ -87,8 +90,10 @@ ORDER = (
 
 
 def variant(row: Row) -> str:
-    """``MATL Mode 0/1`` for the composite, ``<signal> alone`` when exactly one signal has a
-    positive weight, else the defense name."""
+    """``MATL Mode 0/1`` for the composite with its default weights, ``<signal> alone`` when
+    exactly one signal has a positive weight, ``Mode m without <signals>`` when the weights keep
+    some of the mode's default signals and drop the others, ``MATL Mode m (<weights>)`` for other
+    weights, else the defense name."""
     if row.get("defense") != "matl":
         return str(row.get("defense"))
     weights = {
@@ -98,8 +103,16 @@ def variant(row: Row) -> str:
     }
     if len(weights) == 1:
         return _ALONE.get(next(iter(weights)), f"{next(iter(weights))} alone")
-    mode = _num(row.get("defense_params.mode"))
-    return f"MATL Mode {int(mode) if mode is not None else 1}"
+    mode_value = _num(row.get("defense_params.mode"))
+    mode = int(mode_value) if mode_value is not None else 1
+    if not weights:
+        return f"MATL Mode {mode}"
+    default = mode_weights(mode)
+    dropped = [name for name in default if name not in weights]
+    if set(weights) <= set(default) and all(weights[k] == default[k] for k in weights):
+        return f"Mode {mode} without {', '.join(dropped)}" if dropped else f"MATL Mode {mode}"
+    shown = ", ".join(f"{k} {v:g}" for k, v in sorted(weights.items()) if v is not None)
+    return f"MATL Mode {mode} ({shown})"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
