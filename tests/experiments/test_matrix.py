@@ -277,8 +277,7 @@ def test_fresh_seeds_examples_are_off_every_other_seed(name: str, seeds: range) 
 def test_committee_example_has_its_arms_and_its_committed_rows() -> None:
     """``examples/trust_committee.toml``: 216 valid runs (eight attacks at 45 % and attack-free, on
     the benchmark's seeds, with 200 or 1000 validation samples per validator) for four committees
-    of five validators, every one of which builds its rule; ``docs/results/trust/committee.csv``
-    holds one finished row for each of them and no other."""
+    of five validators, every one of which builds its rule."""
     from matl.aggregation import get_rule
     from matl.sim import SimulationConfig
 
@@ -294,7 +293,22 @@ def test_committee_example_has_its_arms_and_its_committed_rows() -> None:
         assert cfg.seed in (0, 1, 2) and cfg.root_samples in (1000, 5000)
         assert (cfg.attack == "none") == (cfg.byzantine_fraction == 0.0)
     assert arms == {(0, "invert"), (1, "invert"), (1, "random"), (2, "invert")}
-    with (root / "docs" / "results" / "trust" / "committee.csv").open() as f:
+
+
+@pytest.mark.parametrize(
+    ("example", "rows_file", "count"),
+    [
+        ("trust_committee.toml", "committee.csv", 216),
+        ("trust_free_riders.toml", "free_riders.csv", 60),
+    ],
+)
+def test_committed_rows_are_the_examples_runs(example: str, rows_file: str, count: int) -> None:
+    """``docs/results/trust/<rows_file>`` holds one finished row for each run of
+    ``examples/<example>`` and no other."""
+    root = Path(__file__).resolve().parents[2]
+    cells = expand(load_matrix(root / "examples" / example))
+    assert len(cells) == count
+    with (root / "docs" / "results" / "trust" / rows_file).open() as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["key"] for r in rows) == sorted(c.key for c in cells)
     assert all(r["status"] == "ok" for r in rows)
