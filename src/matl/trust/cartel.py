@@ -24,6 +24,13 @@ Per round
 
 State (:meth:`CartelDetector.state_dict`): the non-zero pair counts, keyed by client-id pairs
 ``(a, b)`` with ``a < b``.
+
+References
+----------
+Fung, Yoon & Beschastnikh, "The Limitations of Federated Learning in Sybil Settings", RAID 2020
+(FoolsGold: sybils are told apart by the persistent similarity of their updates); Charikar, Chen &
+Farach-Colton, "Finding Frequent Items in Data Streams", ICALP 2002 (the count sketch whose cosines
+the detector reads).
 """
 
 from __future__ import annotations

@@ -80,6 +80,12 @@ sending noise missed the false-positive target in sign flip (0.021) and the slee
 inverting liars of five (2/5 of the power) blocked every verdict and the model did not train. With
 200 samples per validator the honest committee itself exceeded the false-positive target in sign
 flip (0.068): the shards must be large enough for the honest validators to agree.
+
+References
+----------
+Castro & Liskov, "Practical Byzantine Fault Tolerance", OSDI 1999 (a 2/3 quorum tolerates fewer
+than a third of faulty replicas); Buchman, Kwon & Milosevic, "The latest gossip on BFT consensus",
+2018 (Tendermint: the same quorum over voting power instead of replica counts).
 """
 
 from __future__ import annotations

@@ -88,6 +88,13 @@ The final cut is
 
     t = \min\bigl(\max(t_{\text{adaptive}}, \texttt{hard\_floor}),\ \texttt{safe\_score}\bigr),
     \qquad \text{flagged}_i \iff c_i < t .
+
+References
+----------
+Otsu, "A Threshold Selection Method from Gray-Level Histograms", IEEE Trans. SMC 1979 (the
+between-class criterion of the ``cluster`` split); Hampel, "The Influence Curve and its Role in
+Robust Estimation", JASA 1974, and Rousseeuw & Croux, JASA 1993 (the median and the
+normal-consistent MAD of the ``mad`` rule).
 """
 
 from __future__ import annotations

@@ -21,6 +21,13 @@ deviation and not a lower quantile: 45 % ALIE clients send one shared vector, wh
 small and does not change, so a lower quantile of the deviations (or of the innovations) is theirs
 and every honest client's ratio rises fourfold (measured: honest ratios up to 5.7); the median stays
 among the honest clients whichever side a minority sits on.
+
+References
+----------
+Kalman, "A New Approach to Linear Filtering and Prediction Problems", 1960 (the *innovation*: the
+part of an observation its past does not predict); Blanchard et al., "Machine Learning with
+Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017 (the Gaussian Byzantine worker the
+test is aimed at).
 """
 
 from __future__ import annotations
