@@ -50,6 +50,16 @@ def test_entropy_gives_a_free_rider_the_repeat_symbol() -> None:
     assert bool((res.scores[:8] == 1.0).all())
 
 
+def test_the_directions_belong_to_the_named_clients() -> None:
+    honest = torch.randn(4, 50)
+    attack = get_attack("free_rider")
+    rows = attack(honest, 2)  # no ids: the rows are clients 0 and 1
+    torch.testing.assert_close(rows, attack(honest, 2, AttackContext(byzantine_ids=(0, 1))))
+    assert not torch.allclose(rows[:1], attack(honest, 1, AttackContext(byzantine_ids=(7,))))
+    with pytest.raises(ValueError, match="names 1 clients, expected 2"):
+        attack(honest, 2, AttackContext(byzantine_ids=(7,)))
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [

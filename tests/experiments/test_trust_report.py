@@ -49,6 +49,7 @@ def test_variant_labels_a_composite_that_drops_a_default_signal() -> None:
     assert variant(matl(1, pogq="0.4", tcdm="0.3")) == "Mode 1 without entropy"
     assert variant(matl(0, peer="0.4", tcdm="0.3")) == "Mode 0 without entropy"
     assert variant(matl(1, pogq="0.4", tcdm="0.3", entropy="0.3")) == "MATL Mode 1"
+    assert variant(matl(1, pogq="0.8", tcdm="0.6")) == "Mode 1 without entropy"  # same ratio
     assert variant(matl(1, pogq="0.5", tcdm="0.5")) == "MATL Mode 1 (pogq 0.5, tcdm 0.5)"
     assert variant(matl(0, peer="0.4", entropy="0.3")) == "Mode 0 without tcdm"
 

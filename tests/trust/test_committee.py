@@ -151,6 +151,15 @@ def test_liars_within_the_tolerance_can_neither_fake_nor_hide_a_low_floor(
     assert torch.all(floor[HONEST] > 0.6) and torch.all(floor[~HONEST] < 0.4)
 
 
+def test_the_floor_compares_shares_of_the_power_whatever_its_scale() -> None:
+    values = torch.tensor([[0.1], [0.5], [0.7]], dtype=torch.float64)
+    for scale in (1.0, 1e-6):
+        com = Committee(validators=3, min_reputation=0.0)
+        com.load_state_dict({"reputation": [scale * 0.5, scale, scale]})
+        # shares 0.2, 0.4, 0.4: the liar-sized first report alone is not beyond 1/3
+        assert com.floor(values).tolist() == [0.5]
+
+
 def test_consensus_is_the_power_weighted_median() -> None:
     values = _reports(4, 2)
     com = Committee(validators=4)

@@ -461,6 +461,33 @@ def test_a_lying_validators_pogq_neither_fails_the_honest_nor_spares_a_flipper(
         assert spared.details["pogq_signature"]["exempt"] == 0
 
 
+def test_pogqs_consensus_is_read_with_the_power_of_the_round_that_voted(
+    honest_rounds: Rounds,
+) -> None:
+    """PoGQ's own verdict reads the validators' PoGQ through their power-weighted median with the
+    power they voted with, not the power the vote then moved."""
+    rule = MATLRule(mode=1, validators=4, lying_validators=1, lie="random")  # type: ignore[arg-type]
+    committee = rule._engine.committee
+    assert committee is not None
+    powers: list[torch.Tensor] = []
+    consensus = committee.consensus
+
+    def recorded(reports: torch.Tensor) -> torch.Tensor:
+        powers.append(committee.power().clone())
+        return consensus(reports)
+
+    object.__setattr__(committee, "consensus", recorded)
+    moved = 0
+    for u, ctx in honest_rounds(4):
+        before = committee.power().clone()
+        powers.clear()
+        rule(_sign_flip(u), ctx)
+        assert len(powers) == 2  # PoGQ's consensus and the reports' (in the vote)
+        assert all(torch.equal(p, before) for p in powers), ctx.round
+        moved += not torch.equal(committee.power(), before)
+    assert moved  # the vote did move the power: the test can tell the two apart
+
+
 @pytest.mark.parametrize("fallback", ["skip", "median"])
 def test_a_third_or_more_lying_validators_block_every_verdict(
     honest_rounds: Rounds, fallback: str

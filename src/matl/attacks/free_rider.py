@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
 from matl.attacks._common import check_choice, check_int, check_real, reference_updates
@@ -21,7 +22,8 @@ class FreeRider(ModelAttack):
     Learning").
 
     ``mode="fixed"`` (default), a disguised free rider: client :math:`b` sends the same direction
-    every round, a unit vector :math:`e_b` drawn once from ``(seed, b)``, at the median norm of the
+    every round, a unit vector :math:`e_b` drawn once from ``(seed, b)`` (``ctx.byzantine_ids``
+    name the clients; without them the rows are clients ``0 … f−1``), at the median norm of the
     round's honest updates times ``scale``,
 
     .. math::
@@ -67,7 +69,8 @@ class FreeRider(ModelAttack):
 
     def direction(self, client: int, d: int) -> torch.Tensor:
         """The unit ``(d,)`` float64 direction client ``client`` sends every round."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(client))
+        state = np.random.SeedSequence([self.seed, int(client)]).generate_state(2, np.uint32)
+        g = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
         e = torch.randn(d, generator=g, dtype=torch.float64)
         unit: torch.Tensor = e / e.norm()
         return unit
@@ -80,6 +83,10 @@ class FreeRider(ModelAttack):
             return honest.new_zeros((n_byzantine, d))
         ref = reference_updates("free_rider", honest, ctx, n_byzantine)
         norm = float(torch.linalg.vector_norm(ref.double(), dim=1).median())
-        ids = ctx.byzantine_ids if len(ctx.byzantine_ids) == n_byzantine else range(n_byzantine)
+        ids = ctx.byzantine_ids or tuple(range(n_byzantine))
+        if len(ids) != n_byzantine:
+            raise ValueError(
+                f"free_rider: ctx.byzantine_ids names {len(ids)} clients, expected {n_byzantine}"
+            )
         rows = torch.stack([self.direction(int(b), d) for b in ids])
         return (self.scale * norm * rows).to(dtype=honest.dtype, device=honest.device)

@@ -27,6 +27,7 @@ A variant's label comes from its defense and ``defense_params`` (:func:`variant`
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -109,10 +110,21 @@ def variant(row: Row) -> str:
         return f"MATL Mode {mode}"
     default = mode_weights(mode)
     dropped = [name for name in default if name not in weights]
-    if set(weights) <= set(default) and all(weights[k] == default[k] for k in weights):
+    if set(weights) <= set(default) and _proportional(weights, default):
         return f"Mode {mode} without {', '.join(dropped)}" if dropped else f"MATL Mode {mode}"
     shown = ", ".join(f"{k} {v:g}" for k, v in sorted(weights.items()) if v is not None)
     return f"MATL Mode {mode} ({shown})"
+
+
+def _proportional(weights: dict[str, float | None], default: dict[str, float]) -> bool:
+    """Whether ``weights`` are the ``default`` weights of their signals up to a common factor
+    (the composite divides by the weights' sum, so those weight the kept signals alike)."""
+    total = sum(w or 0.0 for w in weights.values())
+    base = sum(default[k] for k in weights)
+    return total > 0 and all(
+        math.isclose((w or 0.0) / total, default[k] / base, rel_tol=1e-9)
+        for k, w in weights.items()
+    )
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -75,11 +75,12 @@ Measured on the trust benchmark's setting (real MNIST, 50 clients, Dirichlet 0.5
 0–2, Mode 1 with five validators; ``examples/trust_committee.toml``, ``docs/trust.md``, "A committee
 with lying validators"): at 45 % Byzantine clients, with 1 000 validation samples per validator,
 the honest committee and one with one inverting liar met every target in all eight attacks
-(detection ≥ 0.96, false-positive rate ≤ 0.016) and flagged nobody without an attack; one liar
-sending noise missed the false-positive target in sign flip (0.021) and the sleeper (0.027); two
-inverting liars of five (2/5 of the power) blocked every verdict and the model did not train. With
-200 samples per validator the honest committee itself exceeded the false-positive target in sign
-flip (0.068): the shards must be large enough for the honest validators to agree.
+(detection ≥ 0.96, false-positive rate ≤ 0.017) and flagged nobody without an attack; one liar
+sending noise missed the false-positive target in sign flip (0.026) and the sleeper (0.027); with
+two inverting liars of five (2/5 of the power) the committee stalled, deciding nobody in most
+rounds, and under five of the eight attacks the model did not train. With 200 samples per
+validator the honest committee itself exceeded the false-positive target in sign flip (0.068):
+the shards must be large enough for the honest validators to agree.
 
 References
 ----------
@@ -95,12 +96,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from matl.errors import ConfigError
+from matl.trust._util import round_generator
 
 __all__ = ["Committee", "CommitteeDecision", "weighted_median"]
+
+#: First random stream of the lying validators (:func:`~matl.trust._util.round_generator`), apart
+#: from the signals' small stream numbers.
+_STREAM_LIE = 0x11E0
 
 
 def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -221,8 +226,9 @@ class Committee:
         ``reports`` is ``(V, n)`` in ``[0, 1]``: the composite reports the committee votes on
         (``stream`` 0) or anything else each validator sends, which a liar falsifies the same way
         (the trust engine sends each validator's PoGQ scores as stream 1 and its PoGQ exemptions,
-        1 for "not exempt", as stream 2). A ``random`` liar draws each stream independently,
-        seeded from ``(seed, round)`` for stream 0 and ``(seed, round, stream)`` otherwise."""
+        1 for "not exempt", as stream 2). A ``random`` liar draws each stream independently, from
+        :func:`~matl.trust._util.round_generator` ``(seed, round, _STREAM_LIE + stream)``, apart
+        from every signal's streams."""
         out = reports.to(torch.float64).clone()
         if not self.liars:
             return out
@@ -230,9 +236,7 @@ class Committee:
         if self.lie == "invert":
             out[rows] = 1.0 - out[rows]
         else:
-            key = [self.seed, int(rnd)] + ([int(stream)] if stream else [])
-            state = np.random.SeedSequence(key).generate_state(2, np.uint32)
-            g = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+            g = round_generator(self.seed, int(rnd), _STREAM_LIE + int(stream))
             out[rows] = torch.rand(self.liars, out.shape[1], generator=g, dtype=torch.float64)
         return out
 
@@ -240,9 +244,10 @@ class Committee:
         """``(n,)`` the power-weighted median of ``reports`` ``(V, n)`` (robust while lying power
         is below 1/2); the plain median when no validator has power."""
         power = self.power()
+        values = reports.to(torch.float64)
         if float(power.sum()) > 0:
-            return weighted_median(reports.to(torch.float64), power)
-        return reports.to(torch.float64).median(dim=0).values
+            return weighted_median(values, power.to(values.device))
+        return values.median(dim=0).values
 
     def floor(self, reports: torch.Tensor) -> torch.Tensor:
         r"""``(n,)`` the lowest value that validators holding more than :math:`1 - q` of the power
@@ -257,13 +262,13 @@ class Committee:
         exceed it. With one or two validators of equal power it is the minimum; with three to
         five, the second lowest. When no validator has power, it is the minimum."""
         values = reports.to(torch.float64)
-        power = self.power()
+        power = self.power().to(values.device)
         total = float(power.sum())
         if total <= 0:
             return values.min(dim=0).values
         order = torch.sort(values, dim=0)
-        cum = torch.cumsum(power[order.indices], dim=0)
-        beyond = cum > (1.0 - self.quorum) * total + 1e-12
+        share = torch.cumsum(power[order.indices], dim=0) / total
+        beyond = share > (1.0 - self.quorum) + 1e-12
         idx = beyond.to(torch.int64).argmax(dim=0, keepdim=True)
         return order.values.gather(0, idx).squeeze(0)
 
@@ -284,7 +289,7 @@ class Committee:
         total = float(power.sum())
         score = self.consensus(reports)
         if total > 0:
-            support = (power @ votes.to(torch.float64)) / total
+            support = (power.to(votes.device) @ votes.to(torch.float64)) / total
         else:  # every validator discredited: nobody can be trusted
             support = torch.zeros(reports.shape[1], dtype=torch.float64)
         eps = 1e-12

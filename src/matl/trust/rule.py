@@ -556,6 +556,7 @@ class MATLRule(AggregationRule):
         lowest = signal_lows(results, weights)
         committee_decision: CommitteeDecision | None = None
         primaries: torch.Tensor | None = None
+        pogq_consensus: torch.Tensor | None = None
         exempt = _exempt(results["pogq"]) if "pogq" in results else None
         if eng.committee is not None:
             reports, primaries, own_exempt = self._validator_reports(
@@ -568,6 +569,8 @@ class MATLRule(AggregationRule):
                 primaries = eng.committee.corrupt(primaries, rctx.round, stream=1)
                 own = eng.committee.floor(primaries)
                 lowest["pogq"] = torch.minimum(lowest["pogq"], own) if "pogq" in lowest else own
+                # with the round's power, before the vote moves the validators' reputations
+                pogq_consensus = eng.committee.consensus(primaries)
             if own_exempt is not None:
                 kept = eng.committee.corrupt((~own_exempt).to(torch.float64), rctx.round, stream=2)
                 own_exempt = eng.committee.floor(kept) < 0.5
@@ -587,8 +590,8 @@ class MATLRule(AggregationRule):
             if decision.excused is not None:
                 trusted = trusted | (decision.excused & committee_decision.rejected)
             evidence_signals: dict[str, SignalResult | torch.Tensor] = dict(results)
-            if primaries is not None:
-                evidence_signals["pogq"] = eng.committee.consensus(primaries)
+            if pogq_consensus is not None:
+                evidence_signals["pogq"] = pogq_consensus
         else:
             composite = combine(results, weights)
             decision = rule.decide(composite, lowest, marked)
