@@ -90,6 +90,26 @@ def test_report_scores_the_targets() -> None:
     assert "(1 not ok)" in text
 
 
+def test_report_names_the_seeds_that_miss_a_target_the_mean_meets() -> None:
+    """A cell whose mean meets every target can still have a seed that misses one: the report
+    shows the worst seed's detection and false-positive rate and names the seeds that miss."""
+    rows = _rows()
+    for s, fpr in ((0, 0.0), (1, 0.03)):
+        rows.append(
+            _row("matl", "alie", 0.2, s, false_positive_rate=fpr, **{"defense_params.mode": 1})
+        )
+    text = trust_report(rows)
+    assert "## MATL Mode 1: 2 of 3 cells meet every target (1 on every seed)" in text
+    assert (
+        "| alie | 20 % | 1.000 | 0.015 | 0.950 | +0.0 pp | yes | 1.000 / 0.030 | no: seed 1 |"
+        in text
+    )
+    assert (
+        "| sign_flip | 20 % | 1.000 | 0.000 | 0.950 | +0.0 pp | yes | 1.000 / 0.000 | yes |" in text
+    )
+    assert "| 0.500 / 0.000 | no: seed 0, 1 |" in text  # gaussian: both seeds miss
+
+
 def test_held_out_attack_free_seeds_are_summarised_apart() -> None:
     """Attack-free runs on seeds FedAvg did not run are summarised in their own table (seeds with
     no false positive, mean and worst rate); the per-seed table keeps the benchmark's seeds."""
