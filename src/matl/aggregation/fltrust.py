@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from matl.aggregation.base import AggregationResult, AggregationRule, RoundContext
@@ -14,6 +13,7 @@ from matl.aggregation.registry import register_rule
 from matl.errors import ConfigError, InvalidUpdateError
 from matl.models.base import BatchedModel
 from matl.models.train import ClientData, LocalTrainingConfig, local_train
+from matl.rng import keyed_generator
 
 __all__ = ["FLTrust", "fltrust_combine", "round_generator"]
 
@@ -21,8 +21,7 @@ __all__ = ["FLTrust", "fltrust_combine", "round_generator"]
 def round_generator(seed: int, rnd: int) -> torch.Generator:
     """A ``torch.Generator`` for round ``rnd`` derived from ``seed`` (NumPy ``SeedSequence`` of
     ``(seed, rnd)``, so nearby seeds and rounds give unrelated streams)."""
-    state = np.random.SeedSequence([seed, rnd]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return keyed_generator(seed, rnd)
 
 
 def fltrust_combine(

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 
 from matl.attacks._common import check_choice, check_int, check_real, reference_updates
 from matl.attacks.base import AttackContext, Knowledge, ModelAttack
 from matl.attacks.registry import register_attack
+from matl.rng import keyed_generator
 
 
 @register_attack
@@ -69,9 +69,7 @@ class FreeRider(ModelAttack):
 
     def direction(self, client: int, d: int) -> torch.Tensor:
         """The unit ``(d,)`` float64 direction client ``client`` sends every round."""
-        state = np.random.SeedSequence([self.seed, int(client)]).generate_state(2, np.uint32)
-        g = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
-        e = torch.randn(d, generator=g, dtype=torch.float64)
+        e = torch.randn(d, generator=keyed_generator(self.seed, client), dtype=torch.float64)
         unit: torch.Tensor = e / e.norm()
         return unit
 

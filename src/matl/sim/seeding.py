@@ -7,8 +7,9 @@ never shifts another part's draws. Streams are derived with NumPy's ``SeedSequen
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from matl.rng import keyed_seed
 
 #: Stream names; new streams are appended so existing ones keep their seeds.
 STREAMS = (
@@ -28,8 +29,7 @@ def stream_seed(seed: int, stream: str) -> int:
     """A 63-bit seed for ``stream`` derived from the run's ``seed``."""
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; known: {', '.join(STREAMS)}")
-    state = np.random.SeedSequence([seed, STREAMS.index(stream)]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+    return keyed_seed(seed, STREAMS.index(stream))
 
 
 def generator(seed: int, stream: str) -> torch.Generator:

@@ -10,12 +10,12 @@ import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from matl.aggregation.base import RoundContext
 from matl.aggregation.memo import round_norms
 from matl.errors import ConfigError, InvalidUpdateError
+from matl.rng import keyed_generator
 
 #: Consistency constant of the MAD: ``1.4826 · MAD`` estimates σ for Gaussian data.
 MAD_SCALE = 1.4826
@@ -157,8 +157,7 @@ def unit_rows(z: torch.Tensor) -> torch.Tensor:
 
 def round_generator(seed: int, rnd: int, stream: int) -> torch.Generator:
     """A generator for one round of one signal, derived from ``(seed, stream, round)``."""
-    state = np.random.SeedSequence([seed, stream, max(rnd, 0)]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return keyed_generator(seed, stream, max(rnd, 0))
 
 
 def unique_keys(n: int, ctx: RoundContext | None, signal: str) -> list[int]:

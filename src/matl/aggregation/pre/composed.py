@@ -13,6 +13,7 @@ import torch
 from matl.aggregation.base import AggregationResult, AggregationRule, RoundContext
 from matl.aggregation.pre.base import PreAggregator, PreSpec, build_preaggregators
 from matl.errors import ConfigError, PreconditionError
+from matl.rng import keyed_generator
 
 __all__ = ["Composed", "compose", "mixed_context", "round_generator"]
 
@@ -24,8 +25,7 @@ def round_generator(seed: int, rnd: int) -> torch.Generator:
     """A CPU :class:`torch.Generator` seeded from ``(seed, rnd)`` with NumPy's ``SeedSequence``."""
     if rnd < 0:
         raise ValueError(f"round must be >= 0 to derive a generator, got {rnd}")
-    state = np.random.SeedSequence([seed, _STREAM_TAG, rnd]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return keyed_generator(seed, _STREAM_TAG, rnd)
 
 
 def mixed_context(ctx: RoundContext | None, mixing: torch.Tensor) -> RoundContext | None:
