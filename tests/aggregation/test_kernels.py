@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from matl.aggregation.kernels import (
-    gain_and_direction,
+    float64_dots,
     kernel_dtype,
     row_norms,
     sketch_and_norms,
@@ -88,27 +88,19 @@ def test_norms_of_non_finite_rows_are_not_finite() -> None:
     assert bool(torch.isfinite(row_norms(big)).all())
 
 
-def _gain_reference(
-    x: torch.Tensor, g: torch.Tensor, inverse: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    dots = x.double() @ g.double()
-    pick = (dots < 0) & (inverse > 0)
-    weights = torch.where(pick, inverse, 0.0)
-    return dots, (weights @ x.double()).to(x.dtype)
-
-
 @pytest.mark.parametrize("rows", [1, 3, 4, 9, 50])
-def test_gain_and_direction_match_the_products(rows: int) -> None:
+def test_float64_dots_match_the_products_and_the_sketch_pass(rows: int) -> None:
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 1001, generator=gen)
     grad = torch.randn(1001, generator=gen)
-    inverse = torch.rand(rows, generator=gen, dtype=torch.float64)
-    inverse[::3] = 0.0  # rows that may not be picked
-    dots, direction = gain_and_direction(x, grad, inverse)
-    want_dots, want_direction = _gain_reference(x, grad, inverse)
-    torch.testing.assert_close(dots, want_dots, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(direction, want_direction, rtol=1e-4, atol=1e-4)
-    assert direction.dtype == x.dtype
+    dots = float64_dots(x, grad)
+    assert dots.dtype == torch.float64
+    torch.testing.assert_close(dots, x.double() @ grad.double(), rtol=1e-9, atol=1e-9)
+    signs, buckets, _ = _plan(1001, 16, 0)
+    sketch, norms, fused = sketch_norms_gain(x, signs.float(), buckets, 16, grad)
+    assert torch.equal(fused, dots)  # the same bits in the sketch's pass
+    plain_sketch, plain_norms = sketch_and_norms(x, signs.float(), buckets, 16)
+    assert torch.equal(sketch, plain_sketch) and torch.equal(norms, plain_norms)
 
 
 def test_wrong_arguments_are_refused_before_the_compiled_loops_read_them() -> None:
@@ -118,7 +110,7 @@ def test_wrong_arguments_are_refused_before_the_compiled_loops_read_them() -> No
     x = torch.randn(5, 300, generator=gen)
     signs, buckets, _ = _plan(300, 16, 0)
     signs = signs.float()
-    grad, inverse = torch.randn(300, generator=gen), torch.ones(5, dtype=torch.float64)
+    grad = torch.randn(300, generator=gen)
     bad_calls = {
         "x must be": lambda: row_norms(x.T),
         "signs must be a CPU vector of length 300": lambda: sketch_and_norms(
@@ -129,7 +121,7 @@ def test_wrong_arguments_are_refused_before_the_compiled_loops_read_them() -> No
         "buckets must be": lambda: sketch_and_norms(x, signs, buckets.int(), 16),
         "width k": lambda: sketch_and_norms(x, signs, buckets, 0),
         "g must be": lambda: sketch_norms_gain(x, signs, buckets, 16, grad[:10]),
-        "inverse must be": lambda: gain_and_direction(x, grad, inverse[:4]),
+        "g must be a CPU vector of length 300": lambda: float64_dots(x, grad[:4]),
     }
     for message, call in bad_calls.items():
         with pytest.raises(ValueError, match=message):
@@ -146,27 +138,25 @@ def test_large_inputs_split_into_chunks_give_the_same_results_with_any_thread_co
     d = PARALLEL_MIN_ELEMENTS // n + 17  # large enough to run in chunks
     x = torch.randn(n, d, generator=gen)
     grad = torch.randn(d, generator=gen)
-    inverse = torch.ones(n, dtype=torch.float64)
     signs, buckets, _ = _plan(d, 128, 0)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = (
             sketch_and_norms(x, signs.float(), buckets, 128),
-            gain_and_direction(x, grad, inverse),
+            float64_dots(x, grad),
         )
         torch.set_num_threads(2)
         two = (
             sketch_and_norms(x, signs.float(), buckets, 128),
-            gain_and_direction(x, grad, inverse),
+            float64_dots(x, grad),
         )
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(one, two, strict=True):
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    want_dots, want_direction = _gain_reference(x, grad, inverse)
-    torch.testing.assert_close(one[1][0], want_dots, rtol=1e-9, atol=1e-6)
-    torch.testing.assert_close(one[1][1], want_direction, rtol=1e-4, atol=1e-3)
+    for a, b in zip(one[0], two[0], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(one[1], two[1])
+    torch.testing.assert_close(one[1], x.double() @ grad.double(), rtol=1e-9, atol=1e-6)
 
 
 def test_the_read_ahead_pass_needs_a_kernel_input_and_a_real_sketch() -> None:
@@ -176,7 +166,7 @@ def test_the_read_ahead_pass_needs_a_kernel_input_and_a_real_sketch() -> None:
         round_sketch_gain(x.half(), 16, g)
     with pytest.raises(ValueError, match="d > 4k"):
         round_sketch_gain(x, 64, g)  # d ≤ 4k: the rows are used exactly, no sketch
-    dots, _ = round_sketch_gain(x, 16, g)
+    dots = round_sketch_gain(x, 16, g)
     torch.testing.assert_close(dots, x.double() @ g.double())
     assert torch.equal(round_sketch(x, 16), count_sketch(x, 16))  # left in the round memo
 

@@ -59,6 +59,30 @@ def test_added_noise_is_caught_and_honest_clients_are_not(
     assert float(running[5:].max()) < threshold - 2 * sig.width
 
 
+def test_the_centre_of_a_row_subsample_beyond_center_rows(honest_rounds: Rounds) -> None:
+    """Beyond ``center_rows`` clients the centre is the median of a subsample drawn afresh each
+    round: noise is still caught and honest clients still pass; with ``center_rows`` at least n
+    nothing changes. A subsample of 11 of 20 is a coarse centre: its change from round to round
+    raises the honest running values here from about 0.36 to 0.57 (this task's honest
+    deviations persist, so their innovations are small; 255 of 1000 rows add about 0.08 of a
+    deviation each round instead of 0.38)."""
+    whole = InnovationSignal(center_rows=None)
+    same = InnovationSignal(center_rows=20)
+    sampled = InnovationSignal(center_rows=11)
+    g = torch.Generator().manual_seed(3)
+    for u, ctx in honest_rounds(12, scheme="dirichlet", model="mlp"):
+        _add_noise(u, slice(0, 5), g, 2.0)
+        a, b, c = whole(u, ctx), same(u, ctx), sampled(u, ctx)
+        assert torch.equal(a.scores, b.scores)
+        if ctx.round > 0:
+            assert float(c.scores[:5].max()) < 0.05 and float(c.scores[5:].min()) == 1.0
+    full, part = a.raw["running_innovation"], c.raw["running_innovation"]
+    assert bool((part[5:] > full[5:]).all())  # the centre's own change adds to every innovation
+    assert float(part[5:].max()) < sampled.threshold - 2 * sampled.width
+    with pytest.raises(ConfigError, match="center_rows"):
+        InnovationSignal(center_rows=0)
+
+
 def test_a_single_switch_does_not_fail_a_settled_client(honest_rounds: Rounds) -> None:
     """Client 0 sends -5 times its update in round 8 only: two large innovations (there and
     back), each above the clip 2T, leave its running value below the threshold. Unclipped, the

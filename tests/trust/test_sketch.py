@@ -11,6 +11,7 @@ from matl.trust.sketch import _layout as sketch_layout
 from matl.trust.sketch import (
     community_sizes,
     count_sketch,
+    fold_sketch,
     gaussian_projection,
     round_sketch,
     sketch_cosines,
@@ -122,6 +123,47 @@ def test_sketch_cosines_are_shared_and_keep_angles() -> None:
     v = torch.randn(3, 8, dtype=torch.float64, generator=g)  # small d: exact cosines
     exact = torch.nn.functional.cosine_similarity(v[:, None], v[None], dim=2)
     torch.testing.assert_close(sketch_cosines(v, 64), exact)
+
+
+def test_fold_sketch_sums_adjacent_buckets() -> None:
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    folded = fold_sketch(z, 3)
+    torch.testing.assert_close(folded[:, 1], z[:, 4:8].sum(dim=1))
+    assert folded.shape == (5, 3) and torch.equal(fold_sketch(z, 12), z)
+    with pytest.raises(ValueError, match="must divide"):
+        fold_sketch(z, 5)
+
+
+def test_many_rows_read_their_cosines_in_the_folded_sketch() -> None:
+    """From 256 rows the Gram product reads the sketch folded to 256 buckets (below, the whole
+    width): a near-identical pair reads 1 - cos to within a relative error of about sqrt(4/k)
+    (12 % at 256 buckets: 0.990 +- 0.0013), and groups clear of the 0.99 threshold are the same
+    as at the whole width and in the full space."""
+    g = torch.Generator().manual_seed(11)
+    n, d = 300, 20_000
+    u = torch.randn(n, d, generator=g)
+    base = torch.randn(d, generator=g)
+    u[:12] = base + 0.05 * torch.randn(12, d, generator=g)  # pairwise cosine 1/(1+a²) ≈ 0.9975
+    u[12:20] = base + 0.25 * torch.randn(8, d, generator=g)  # about 0.94, 0.97 to the first
+    cos = sketch_cosines(u, 1024, seed=2)
+    z = round_sketch(u, 1024, seed=2)
+    torch.testing.assert_close(cos, pairwise_cosines(fold_sketch(z, 256)))
+    wide = pairwise_cosines(z)
+    exact = pairwise_cosines(u.double())
+    near = exact >= 0.97
+    near.fill_diagonal_(False)
+    assert int(near.sum()) > 0
+    # the error scales with the pair's own distance 1 - cos (relative SD about sqrt(4/256))
+    assert bool(((cos - exact).abs() <= 0.4 * (1.0 - exact))[near].all())
+    far = (cos - exact)[exact.abs() < 0.5]  # honest pairs: about 1/sqrt(256) apart
+    assert 0.04 < float(far.pow(2).mean().sqrt()) < 0.09
+    assert torch.equal(community_sizes(cos, 0.99), community_sizes(wide, 0.99))
+    assert torch.equal(community_sizes(cos, 0.99), community_sizes(exact, 0.99))
+    few = u[:255].clone()  # below 256 rows: the whole width
+    torch.testing.assert_close(
+        sketch_cosines(few, 1024, seed=2), pairwise_cosines(round_sketch(few, 1024, seed=2))
+    )
 
 
 def test_tight_groups_are_computed_once_per_round_and_threshold() -> None:

@@ -13,8 +13,8 @@ cache:
 * :func:`sketch_norms_dots` — both, and every row's dot product with one vector (peer
   comparison's centre, :meth:`~matl.trust.peer.PeerSignal.prepare`), summed in stripes
   (:func:`striped_dots`);
-* :func:`gain_and_direction` — PoGQ's fast path: every row's dot product with the validation
-  gradient and the sum of the unit directions of the rows it picks (see
+* :func:`sketch_norms_gain` and :func:`float64_dots` — PoGQ's fast path: every row's dot
+  product with the validation gradient, summed in float64 (see
   :meth:`~matl.trust.quality.PoGQSignal._fast`).
 
 Rows are cut into the fixed chunks of :mod:`matl.aggregation.products` and the chunks run on its
@@ -41,7 +41,7 @@ from matl.aggregation.products import map_chunks, parallel
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 __all__ = [
-    "gain_and_direction",
+    "float64_dots",
     "kernel_dtype",
     "row_norms",
     "sketch_and_norms",
@@ -172,48 +172,6 @@ def _dot(row: np.ndarray, g: np.ndarray) -> float:  # pragma: no cover - compile
 
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
-def _add_rows(
-    x: np.ndarray, picked: np.ndarray, scales: np.ndarray, count: int, direction: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    """``direction += Σ scales[t] · x[picked[t]]`` over the first ``count`` (≤ 4) picks, in one
-    sweep of ``direction``."""
-    d = x.shape[1]
-    if count == 4:
-        r0, r1, r2, r3 = x[picked[0]], x[picked[1]], x[picked[2]], x[picked[3]]
-        s0, s1, s2, s3 = scales[0], scales[1], scales[2], scales[3]
-        for j in range(d):
-            direction[j] += (s0 * r0[j] + s1 * r1[j]) + (s2 * r2[j] + s3 * r3[j])
-    else:
-        for t in range(count):
-            row = x[picked[t]]
-            s = scales[t]
-            for j in range(d):
-                direction[j] += s * row[j]
-
-
-@njit(nogil=True, fastmath=_FAST, cache=True)
-def _pick(
-    x: np.ndarray,
-    i: int,
-    scale: float,
-    picked: np.ndarray,
-    scales: np.ndarray,
-    count: int,
-    direction: np.ndarray,
-) -> int:  # pragma: no cover - compiled
-    """Queue row ``i`` with weight ``scale`` for the direction sum; the queue is added four rows
-    at a time (one sweep of the direction per four rows, while they are still in cache).
-    Returns the new queue length."""
-    picked[count] = i
-    scales[count] = scale
-    count += 1
-    if count == 4:
-        _add_rows(x, picked, scales, count, direction)
-        count = 0
-    return count
-
-
-@njit(nogil=True, fastmath=_FAST, cache=True)
 def _sketch_rows(
     x: np.ndarray,
     signs: np.ndarray,
@@ -262,24 +220,11 @@ def _striped_dot_rows(
 
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
-def _gain_rows(
-    x: np.ndarray,
-    g: np.ndarray,
-    inverse: np.ndarray,
-    dots: np.ndarray,
-    direction: np.ndarray,
-    start: int,
-    stop: int,
-) -> None:  # pragma: no cover - compiled; exercised through gain_and_direction
-    picked = np.empty(4, dtype=np.int64)
-    scales = np.empty(4, dtype=x.dtype)
-    count = 0
+def _dot_rows(
+    x: np.ndarray, g: np.ndarray, dots: np.ndarray, start: int, stop: int
+) -> None:  # pragma: no cover - compiled; exercised through float64_dots
     for i in range(start, stop):
-        acc = _dot(x[i], g)
-        dots[i] = acc
-        if acc < 0.0 and inverse[i] > 0.0:
-            count = _pick(x, i, inverse[i], picked, scales, count, direction)
-    _add_rows(x, picked, scales, count, direction)
+        dots[i] = _dot(x[i], g)
 
 
 @njit(nogil=True, fastmath=_FAST, cache=True)
@@ -291,25 +236,15 @@ def _sketch_gain_rows(
     out: np.ndarray,
     norms: np.ndarray,
     dots: np.ndarray,
-    direction: np.ndarray,
-    tiny: float,
     start: int,
     stop: int,
 ) -> None:  # pragma: no cover - compiled; exercised through sketch_norms_gain
     runs = np.empty(buckets.shape[0], dtype=x.dtype)
-    picked = np.empty(4, dtype=np.int64)
-    scales = np.empty(4, dtype=x.dtype)
-    count = 0
     for i in range(start, stop):
         row = x[i]
-        norm = _norm(row)
-        norms[i] = norm
+        norms[i] = _norm(row)
         _sketch_row(row, signs, buckets, runs, out[i])
-        acc = _dot(row, g)
-        dots[i] = acc
-        if acc < 0.0 and norm >= tiny:
-            count = _pick(x, i, 1.0 / norm, picked, scales, count, direction)
-    _add_rows(x, picked, scales, count, direction)
+        dots[i] = _dot(row, g)
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -454,59 +389,39 @@ def sketch_norms_dots(
 
 def sketch_norms_gain(
     x: torch.Tensor, signs: torch.Tensor, buckets: torch.Tensor, k: int, g: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""``(sketch, norms, dots, direction)`` in one read of each row: :func:`sketch_and_norms`,
-    and :func:`gain_and_direction` with :math:`\iota_i = 1/\lVert u_i\rVert` for every row whose
-    norm is at least the dtype's smallest normal number (so that :math:`\iota_i` fits the dtype;
-    the caller removes the rows it may not pick afterwards). ``x`` must satisfy
-    :func:`kernel_dtype`; ``g`` (``(d,)``) is cast to ``x``'s dtype."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sketch, norms, dots)`` in one read of each row: :func:`sketch_and_norms` (the same
+    bits) and :func:`float64_dots` (the same bits). ``x`` must satisfy :func:`kernel_dtype`;
+    ``g`` (``(d,)``) is cast to ``x``'s dtype; wrong arguments raise :class:`ValueError`."""
     _check_sketch(x, signs, buckets, k)
     _check_vector(g, x.shape[1], "g")
-    n, d = x.shape
+    n, _ = x.shape
     out = np.zeros((n, k), dtype=np.float64)
     norms = np.empty(n, dtype=np.float64)
     dots = np.empty(n, dtype=np.float64)
     xs, sg, bk = _numpy(x), _numpy(signs), _numpy(buckets)
     gs = _numpy(g.detach().to(x.dtype).contiguous())
-    tiny = float(torch.finfo(x.dtype).tiny)
 
-    def piece(start: int, stop: int) -> np.ndarray:
-        direction = np.zeros(d, dtype=xs.dtype)
-        _sketch_gain_rows(xs, sg, bk, gs, out, norms, dots, direction, tiny, start, stop)
-        return direction
+    def piece(start: int, stop: int) -> None:
+        _sketch_gain_rows(xs, sg, bk, gs, out, norms, dots, start, stop)
 
-    total = _sum_parts(map_chunks(n, piece, split=parallel(x)))
-    return torch.from_numpy(out), torch.from_numpy(norms), torch.from_numpy(dots), total
+    map_chunks(n, piece, split=parallel(x))
+    return torch.from_numpy(out), torch.from_numpy(norms), torch.from_numpy(dots)
 
 
-def _sum_parts(parts: list[np.ndarray]) -> torch.Tensor:
-    """The chunks' partial direction sums added in chunk order."""
-    total = parts[0]
-    for more in parts[1:]:
-        total += more
-    return torch.from_numpy(total)
-
-
-def gain_and_direction(
-    x: torch.Tensor, g: torch.Tensor, inverse: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(dots (n,) float64, direction (d,))``: :math:`u_i^\top g` for every row, and
-    :math:`\sum_i \iota_i u_i` over the rows with :math:`u_i^\top g < 0` and :math:`\iota_i > 0`
-    (``inverse``, float64: PoGQ's :math:`1/\lVert u_i\rVert` of the rows it may pick, 0 for the
-    others), in ``x``'s dtype — in one read of each row. ``x`` must satisfy :func:`kernel_dtype`;
-    ``g`` (``(d,)``) is cast to ``x``'s dtype; wrong shapes raise :class:`ValueError`."""
+def float64_dots(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    r"""``(n,)`` float64 :math:`u_i^\top g` of every row of ``x``, each summed in float64 (PoGQ's
+    first-order gains), in one read of each row. ``x`` must satisfy :func:`kernel_dtype`; ``g``
+    (``(d,)``) is cast to ``x``'s dtype; wrong shapes raise :class:`ValueError`."""
     _check_rows(x)
     _check_vector(g, x.shape[1], "g")
-    _check_vector(inverse, x.shape[0], "inverse")
-    n, d = x.shape
+    n = x.shape[0]
     xs = _numpy(x)
     gs = _numpy(g.detach().to(x.dtype).contiguous())
-    inv = _numpy(inverse.detach().to(torch.float64).contiguous())
     dots = np.empty(n, dtype=np.float64)
 
-    def piece(start: int, stop: int) -> np.ndarray:
-        direction = np.zeros(d, dtype=xs.dtype)
-        _gain_rows(xs, gs, inv, dots, direction, start, stop)
-        return direction
+    def piece(start: int, stop: int) -> None:
+        _dot_rows(xs, gs, dots, start, stop)
 
-    return torch.from_numpy(dots), _sum_parts(map_chunks(n, piece, split=parallel(x)))
+    map_chunks(n, piece, split=parallel(x))
+    return torch.from_numpy(dots)

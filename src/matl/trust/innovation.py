@@ -51,6 +51,7 @@ from matl.trust._util import (
     median,
     put_rows,
     quorum_count,
+    round_generator,
     running_value,
     state_client_ids,
     take_rows,
@@ -65,6 +66,9 @@ from matl.trust.sketch import (
 )
 
 __all__ = ["InnovationSignal"]
+
+#: Stream id of the centre's row subsample in :func:`matl.trust._util.round_generator`.
+_STREAM_CENTER = 2
 
 _STATE_KEYS = {
     "client_ids",
@@ -350,6 +354,15 @@ class InnovationSignal:
     quorum_level:
         :math:`\kappa > 0`: the rescaled running innovation a client over its limit needs to
         count towards the quorum, in units of :math:`T` (default 0.93: 1.4 at :math:`T = 1.5`).
+    center_rows:
+        When :math:`n` exceeds this (default 255), :math:`c` is the coordinate-wise median of a
+        random subset of this many of the round's sketches, drawn afresh each round from a
+        generator seeded by ``(seed, round)``; ``None`` always uses every row. The median of
+        the :math:`(1000, 1024)` sketch costs 8–9 ms a round on 2 cores, that of 255 rows 2 ms.
+        The subsample's median differs from the whole round's by a common vector whose norm is
+        about :math:`1.25/\sqrt{255} \approx 0.08` of a deviation's; its round-to-round change
+        adds to every client's innovation in quadrature, about 0.5 %. It is robust while fewer
+        than half of the subsample are Byzantine, as for the peer signal's ``center_rows``.
     """
 
     name = "innovation"
@@ -368,6 +381,7 @@ class InnovationSignal:
     rescale_reference: bool = False
     quorum_rescaled: bool = True
     quorum_level: float = 0.93
+    center_rows: int | None = 255
     _state: _Deviations = field(default_factory=_Deviations, init=False, repr=False, compare=False)
 
     group_tau: float = 0.99
@@ -398,6 +412,8 @@ class InnovationSignal:
         check_number("innovation", "seed", self.seed, low=0, integer=True)
         check_number("innovation", "group_tau", self.group_tau, low=0.0, high=1.0, low_open=True)
         check_number("innovation", "quorum_level", self.quorum_level, low=0.0, low_open=True)
+        if self.center_rows is not None:
+            check_number("innovation", "center_rows", self.center_rows, low=1, integer=True)
         for flag in ("rescale", "rescale_reference", "quorum_rescaled"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"innovation: {flag} must be a bool, got {getattr(self, flag)!r}")
@@ -434,7 +450,12 @@ class InnovationSignal:
             )
         rnd = st.round  # one call is one round
         st.round = rnd + 1
-        deviation = z - z.median(dim=0).values
+        if self.center_rows is not None and n > self.center_rows:
+            g = round_generator(self.seed, ctx.round if ctx is not None else rnd, _STREAM_CENTER)
+            sampled = torch.randperm(n, generator=g)[: self.center_rows].sort().values
+            deviation = z - z[sampled].median(dim=0).values
+        else:
+            deviation = z - z.median(dim=0).values
         rows, _ = assign_rows(st.index, keys)
         total = len(st.index)
         st.deviation = grow(st.deviation, total, 0.0)

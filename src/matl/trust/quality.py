@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 
 from matl.aggregation.base import RoundContext
-from matl.aggregation.kernels import gain_and_direction, kernel_dtype
+from matl.aggregation.kernels import float64_dots, kernel_dtype
 from matl.aggregation.memo import fingerprint
-from matl.aggregation.products import map_chunks, parallel, row_dots, weighted_sum
+from matl.aggregation.products import row_dots
 from matl.errors import ConfigError
 from matl.trust._util import (
     assign_rows,
@@ -47,30 +47,16 @@ from matl.trust._util import (
 )
 from matl.trust.base import SignalResult
 from matl.trust.record import mark_standing
-from matl.trust.sketch import round_sketch_gain, sketch_width
+from matl.trust.sketch import round_sketch, round_sketch_gain, sketch_width
 
 __all__ = ["PoGQSignal", "validation_losses"]
 
 Path = Literal["auto", "exact", "fast"]
 
-#: Entries of one row block of the fast path's fused pass (about 1.6 MB of float32: in cache).
-_FUSED_BLOCK_ELEMENTS = 1 << 19
-#: The same when the pass is split over the cores (:mod:`matl.aggregation.products`): 8 MB of
-#: float32 per block (measured best of 0.5, 1, 2 M entries at n = 1000, d = 10⁵ on 2 cores).
-_SPLIT_BLOCK_ELEMENTS = 1 << 21
 #: The per-client rows of a saved state; with ``client_ids`` and ``scale``, all of its keys. Rows
 #: added after the first release load as zeros from an older state.
 _STATE_ROWS = ("mean", "weight", "cos", "cos_weight", "credit", "low", "vouched")
 _ADDED_ROWS = ("credit", "low", "vouched")
-
-
-@dataclass(frozen=True)
-class _PartialConsensus:
-    """What the fast path's pass already knows of the consensus: which updates it would choose
-    and the sum of their unit directions."""
-
-    chosen: torch.Tensor
-    direction_sum: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -84,7 +70,6 @@ class _Primed:
     context: tuple[Any, ...]
     marks: tuple[Any, ...]
     dots: torch.Tensor
-    direction: torch.Tensor
 
 
 def _context(ctx: RoundContext) -> tuple[Any, ...]:
@@ -232,8 +217,12 @@ class PoGQSignal:
     evidence (``consensus_fraction`` :math:`q = 1`: all :math:`m` such updates; ties broken by
     ``torch.topk``; when :math:`m < 3` or the mean direction below is zero there is no
     consensus this round, and nobody's running cosine moves), their mean unit direction :math:`r = \frac1k
-    \sum_{j \in T} u_j / \lVert u_j\rVert`, and measures :math:`c_i = \cos(u_i, r)` (two
-    more matrix–vector products). An update that makes the validation loss worse never enters
+    \sum_{j \in T} u_j / \lVert u_j\rVert`, and measures :math:`c_i = \cos(u_i, r)` in the
+    round's shared sketch (``sketch_dim``, :math:`k = 1024`; :meth:`consensus_cosines`): the
+    sketch is linear, so the sketch of :math:`r` is exact, and each cosine is read to within
+    about :math:`1/\sqrt{k} = 0.03` at no pass over the updates (until stop 30 two
+    matrix–vector products over them; on the trust benchmark's 33 % and 45 % cells and its
+    attack-free runs the two gave the same detection, docs/trust.md "Stop 30"). An update that makes the validation loss worse never enters
     :math:`T`, whoever holds the majority. An honest client, even one whose update costs
     validation loss, still shares the task's common direction (:math:`c_i > 0`); a flipped copy
     points away (:math:`c_i < 0`). Each client keeps a running :math:`\bar c_i` (the same bias
@@ -366,6 +355,12 @@ class PoGQSignal:
         ``None`` (the default): nobody is blemished.
     chunk_elements:
         Budget (entries) of one chunk's parameters and activations on the exact path.
+    sketch_dim:
+        Width of the round's shared sketch the consensus cosines are read in (default 1024, the
+        trust engine's; ``None``: the rows themselves, exact cosines, at the cost of a float64
+        copy of the updates).
+    seed:
+        Seed of that sketch (the engine's shared one by default).
 
     Raises
     ------
@@ -402,6 +397,8 @@ class PoGQSignal:
     credited_tolerance: float = 0.8
     consensus_blemish: float | None = None
     chunk_elements: int = 1 << 24
+    sketch_dim: int | None = 1024
+    seed: int = 0
     _state: _Evidence = field(
         default_factory=lambda: _Evidence(), init=False, repr=False, compare=False
     )
@@ -438,6 +435,9 @@ class PoGQSignal:
                 high_open=True,
             )
         check_number("pogq", "chunk_elements", self.chunk_elements, low=1, integer=True)
+        if self.sketch_dim is not None:
+            check_number("pogq", "sketch_dim", self.sketch_dim, low=1, integer=True)
+        check_number("pogq", "seed", self.seed, low=0, integer=True)
         if self.consensus_credit is not None:
             check_number("pogq", "consensus_credit", self.consensus_credit, low=0.0, low_open=True)
         check_number(
@@ -462,20 +462,18 @@ class PoGQSignal:
     def prepare(self, updates: torch.Tensor, ctx: RoundContext | None, k: int, seed: int) -> bool:
         r"""Read the fast path's products in the round's sketch pass, ahead of the call.
 
-        When this round will take the fast path (consensus over every improving update, a CPU
-        float32/float64 input with θ and the validation batch on its device, a real sketch of
-        width ``k``), the validation gradient :math:`g`
-        is computed now and :func:`~matl.trust.sketch.round_sketch_gain` reads :math:`u_i^\top
-        g` and :math:`\sum u_i/\lVert u_i\rVert` over the rows with :math:`u_i^\top g < 0` in
-        the same read of the updates as the round's sketch ``(k, seed)`` and row norms; the next
-        call on these very updates (and the same θ and validation batch) uses them, removing from
-        the sum the rows over the norm guard, and pays no pass of its own for them. The trust
-        engine calls this before the input check (measured at :math:`n = 1000, d = 10^5`: one
-        read of 400 MB less per round). Returns whether the products were read; ``False`` leaves
-        everything to the call (which also reports any error).
+        When this round will take the fast path (a CPU float32/float64 input with θ and the
+        validation batch on its device, a real sketch of width ``k``), the validation gradient
+        :math:`g` is computed now and :func:`~matl.trust.sketch.round_sketch_gain` reads every
+        :math:`u_i^\top g` in the same read of the updates as the round's sketch ``(k, seed)``
+        and row norms; the next call on these very updates (and the same θ and validation batch)
+        uses them and pays no pass of its own. The trust engine calls this before the input
+        check (measured at :math:`n = 1000, d = 10^5`: one read of 400 MB less per round).
+        Returns whether the products were read; ``False`` leaves everything to the call (which
+        also reports any error).
         """
         object.__setattr__(self, "_primed", None)
-        if self.consensus_fraction < 1 or ctx is None or not kernel_dtype(updates):
+        if ctx is None or not kernel_dtype(updates):
             return False
         try:
             theta, x, y, model = _require(ctx)
@@ -494,9 +492,9 @@ class PoGQSignal:
             g = self._gradient(model, *_promoted(theta, x, updates), y).to(updates.dtype)
         except Exception:  # the call computes it again and reports the error
             return False
-        dots, direction = round_sketch_gain(updates, k, g, seed=seed)
+        dots = round_sketch_gain(updates, k, g, seed=seed)
         marks = _marks(updates, ctx)
-        primed = _Primed(weakref.ref(updates), _context(ctx), marks, dots, direction)
+        primed = _Primed(weakref.ref(updates), _context(ctx), marks, dots)
         object.__setattr__(self, "_primed", primed)
         return True
 
@@ -505,11 +503,9 @@ class PoGQSignal:
         before the call, e.g. on an input the check refuses)."""
         object.__setattr__(self, "_primed", None)
 
-    def _take_primed(
-        self, updates: torch.Tensor, ctx: RoundContext | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The primed ``(dots, direction)`` when they were read from these very updates and
-        context (then forgotten: they serve one call), else ``None``."""
+    def _take_primed(self, updates: torch.Tensor, ctx: RoundContext | None) -> torch.Tensor | None:
+        """The primed dots when they were read from these very updates and context (then
+        forgotten: they serve one call), else ``None``."""
         primed = self._primed
         object.__setattr__(self, "_primed", None)
         if primed is None or ctx is None or primed.updates() is not updates:
@@ -517,11 +513,7 @@ class PoGQSignal:
         if ctx.validation is None:
             return None
         same = all(a is b for a, b in zip(primed.context, _context(ctx), strict=True))
-        return (
-            (primed.dots, primed.direction)
-            if same and primed.marks == _marks(updates, ctx)
-            else None
-        )
+        return primed.dots if same and primed.marks == _marks(updates, ctx) else None
 
     @staticmethod
     def _gradient(
@@ -556,16 +548,15 @@ class PoGQSignal:
         )
         guard = self.guard(ratio)
         theta_row, xv = _promoted(theta, x, updates)
-        partial: _PartialConsensus | None = None
         if self.resolve_path(n, d, int(y.shape[0])) == "exact":
             delta = self._exact(model, updates, theta_row, xv, y)
         else:
             primed = self._take_primed(updates, ctx)
-            delta, partial = self._fast(model, updates, theta_row, xv, y, norms, ratio, primed)
+            delta = self._fast(model, updates, theta_row, xv, y, primed)
 
         guarded = torch.where(delta > 0, delta * guard, delta)
         evidence = self.normalise(guarded)
-        cosine = self.consensus_cosines(updates, norms, evidence, ratio, partial)
+        cosine = self.consensus_cosines(updates, norms, evidence, ratio)
         running, running_cos, known, scale = self._remember(keys, evidence, cosine)
         credited, blemished = self._record(keys, running_cos, known, scale)
         quality = self.map_scores(running)
@@ -600,16 +591,17 @@ class PoGQSignal:
         norms: torch.Tensor,
         evidence: torch.Tensor,
         ratio: torch.Tensor,
-        partial: _PartialConsensus | None = None,
     ) -> torch.Tensor | None:
-        r"""Cosines :math:`c_i = \cos(u_i, r)` of every update to the round's validated consensus
-        :math:`r`: the mean unit direction of the :math:`\min(m, \max(3, \lceil q n\rceil))`
-        updates with the best evidence this round among the :math:`m` with positive evidence, a
-        nonzero norm and a norm ratio within the guard (:math:`\rho \le \kappa`). ``None`` — no consensus this round —
-        when ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify. Two
-        matrix–vector products over the updates (one for :math:`r`, one for the cosines); the
-        first is skipped when the fast path already summed :math:`r` (``partial``) over the very
-        set chosen here."""
+        r"""Cosines :math:`c_i = \cos(z_i, S r)` of every update's sketch :math:`z_i = S u_i` (the
+        round's shared :func:`~matl.trust.sketch.round_sketch` of width ``sketch_dim``; the
+        update itself when :math:`d \le 4k` or ``sketch_dim`` is ``None``) to the sketch of the
+        round's validated consensus :math:`r`: the mean unit direction of the :math:`\min(m,
+        \max(3, \lceil q n\rceil))` updates with the best evidence this round among the
+        :math:`m` with positive evidence, a nonzero norm and a norm ratio within the guard
+        (:math:`\rho \le \kappa`). The sketch is linear, so :math:`S r = \frac1k \sum_{j \in T}
+        z_j / \lVert u_j\rVert` is exact; only the cosine is estimated, with an error of about
+        :math:`1/\sqrt{k}` (0.03 at :math:`k = 1024`). ``None`` — no consensus this round — when
+        ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify."""
         n = updates.shape[0]
         eligible = (evidence > 0) & (ratio <= self.norm_guard) & (norms > 0)
         available = int(eligible.sum())
@@ -617,24 +609,18 @@ class PoGQSignal:
             return None
         k = min(available, max(3, math.ceil(self.consensus_fraction * n)))
         top = torch.topk(torch.where(eligible, evidence, -math.inf), k).indices
-        # r as one weighted sum over all rows (weights 1/(k‖u_j‖) on the set, 0 elsewhere): a
-        # matrix–vector product, no gathered copy of the set. Half-precision input is read in
-        # float32, so that 1/‖u‖ cannot overflow.
-        work = updates.detach()
-        if work.dtype not in (torch.float32, torch.float64):
-            work = work.float()
         with torch.no_grad():
-            if partial is not None and k == available and torch.equal(partial.chosen, eligible):
-                ref = partial.direction_sum  # the same r up to the factor 1/k, which cancels
-            else:
-                weight = torch.zeros(n, dtype=torch.float64)
-                weight[top] = 1.0 / (k * norms[top])
-                ref = weighted_sum(weight.to(work.dtype), work)
-            ref_norm = float(torch.linalg.vector_norm(ref.to(torch.float64)))
+            z = round_sketch(updates, self.sketch_dim, seed=self.seed).to(torch.float64)
+            weight = torch.zeros(n, dtype=torch.float64, device=z.device)
+            weight[top] = 1.0 / (k * norms[top].to(z.device))
+            ref = weight @ z
+            ref_norm = float(torch.linalg.vector_norm(ref))
             if not ref_norm > 0:
                 return None
-            dots = row_dots(work, ref / ref_norm).to(torch.float64)
-        return torch.where(norms > 0, dots / norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
+            z_norms = torch.linalg.vector_norm(z, dim=1)
+            dots = z @ (ref / ref_norm)
+        cos = torch.where(z_norms > 0, dots / z_norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
+        return cos.to(device=norms.device, dtype=torch.float64)
 
     def map_consensus(
         self,
@@ -767,64 +753,20 @@ class PoGQSignal:
         theta_row: torch.Tensor,
         x: torch.Tensor,
         y: torch.Tensor,
-        norms: torch.Tensor,
-        ratio: torch.Tensor,
-        primed: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, _PartialConsensus | None]:
-        r"""First-order :math:`\Delta_i = -\eta\, g^\top u_i` and, when the consensus takes every
-        improving update (``consensus_fraction`` 1, float32/float64 updates), the sum of the unit
-        directions of the updates it will choose — :math:`\Delta_i > 0`, :math:`\rho_i \le
-        \kappa`, :math:`\lVert u_i\rVert > 0` — in the same pass: row blocks small enough to stay
-        in cache are read once for both products (measured: 2.0 means against 2.8 for the two
-        passes, ``n = 1000, d = 10^5``). The products are the same as row by row. A large matrix
-        is cut into fixed row chunks that run on the cores side by side, each with its own partial
-        direction sum, added in chunk order (:mod:`matl.aggregation.products`). ``primed``: the
-        dots and the direction sum over every improving nonzero row, read ahead by
-        :meth:`prepare`; the rows over the norm guard are then taken out of the sum (one more
-        weighted sum over the updates, only when there are such rows)."""
-        work = updates.detach()
-        free = (ratio <= self.norm_guard) & (norms > 0)
+        primed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""First-order :math:`\Delta_i = -\eta\, g^\top u_i`: one validation gradient and one
+        pass over the updates (:func:`~matl.aggregation.kernels.float64_dots`, each product summed
+        in float64, for CPU float32/float64 input; PyTorch's product in the updates' dtype
+        otherwise). ``primed``: the products read ahead in the round's sketch pass by
+        :meth:`prepare` (the same bits)."""
         if primed is not None:
-            dots64, direction = primed
-            improving = dots64 < 0  # Δ > 0 ⇔ gᵀu < 0 (η > 0)
-            guarded = improving & (norms > 0) & ~free
-            if bool(guarded.any()):
-                inverse = torch.where(guarded, 1.0 / norms.clamp_min(1e-300), 0.0)
-                direction = direction - weighted_sum(inverse.to(work.dtype), work)
-            return -self.step * dots64, _PartialConsensus(free & improving, direction)
+            return -self.step * primed
+        work = updates.detach()
         g = self._gradient(model, theta_row, x, y).to(work.dtype)
-        if self.consensus_fraction < 1 or work.dtype not in (torch.float32, torch.float64):
-            return -self.step * row_dots(work, g).to(torch.float64), None
-        n, d = work.shape
         if kernel_dtype(work):
-            inv64 = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0)
-            dots64, direction = gain_and_direction(work, g, inv64)
-            chosen = free & (dots64 < 0)  # Δ > 0 ⇔ gᵀu < 0 (η > 0)
-            return -self.step * dots64, _PartialConsensus(chosen, direction)
-        inverse = torch.where(free, 1.0 / norms.clamp_min(1e-300), 0.0).to(work.dtype)
-        dots = torch.empty(n, dtype=work.dtype)
-        chosen = torch.zeros(n, dtype=torch.bool)
-        split = parallel(work)
-        rows = max(1, (_SPLIT_BLOCK_ELEMENTS if split else _FUSED_BLOCK_ELEMENTS) // max(d, 1))
-
-        def piece(first: int, last: int) -> torch.Tensor:
-            """Dots and the partial direction sum of rows ``first:last``, block by block."""
-            direction_sum = torch.zeros(d, dtype=work.dtype)
-            for start in range(first, last, rows):
-                stop = min(start + rows, last)
-                block = work[start:stop]
-                torch.mv(block, g, out=dots[start:stop])
-                pick = free[start:stop] & (dots[start:stop] < 0)  # Δ > 0 ⇔ gᵀu < 0 (η > 0)
-                chosen[start:stop] = pick
-                if bool(pick.any()):
-                    direction_sum.addmv_(block.T, torch.where(pick, inverse[start:stop], 0.0))
-            return direction_sum
-
-        partial_sums = map_chunks(n, piece, split=split)
-        direction_sum = partial_sums[0]
-        for more in partial_sums[1:]:
-            direction_sum += more
-        return -self.step * dots.to(torch.float64), _PartialConsensus(chosen, direction_sum)
+            return -self.step * float64_dots(work, g)
+        return -self.step * row_dots(work, g).to(torch.float64)
 
     def forget(self, client_ids: Sequence[int]) -> None:
         """Drop the running evidence and consensus cosine of ``client_ids`` (unknown ids are
