@@ -422,6 +422,10 @@ def test_wrong_width_and_bad_rows(honest_rounds: Rounds) -> None:
         {"memory": -0.1},
         {"evidence_clip": 0.0},
         {"chunk_elements": 0},
+        {"sketch_dim": 0},
+        {"sketch_dim": 1.5},
+        {"seed": -1},
+        {"seed": True},
     ],
 )
 def test_config_errors(kwargs: dict[str, object]) -> None:
@@ -636,6 +640,23 @@ def test_forget_makes_the_next_participation_a_first_one(honest_rounds: Rounds) 
     )
 
 
+def test_a_row_whose_sketch_overflows_does_not_erase_the_consensus() -> None:
+    """Float16 run sums can overflow: a finite float16 row of large entries gets an infinite
+    sketch row. Outside the consensus set it gets cosine 0 and the others keep theirs."""
+    gen = torch.Generator().manual_seed(4)
+    n, d = 12, 8192
+    u = (0.5 * torch.randn(d, generator=gen) + torch.randn(n, d, generator=gen)).half()
+    u[0] = torch.full((d,), 60000.0, dtype=torch.float16)
+    assert not bool(torch.isfinite(round_sketch(u, 1024, seed=0)[0]).all())
+    evidence = torch.ones(n, dtype=torch.float64)
+    evidence[0] = -1.0
+    norms = torch.linalg.vector_norm(u.double(), dim=1)
+    ratio = torch.ones(n, dtype=torch.float64)
+    cos = PoGQSignal(path="fast").consensus_cosines(u, norms, evidence, ratio)
+    assert cos is not None and float(cos[0]) == 0.0
+    assert bool((cos[1:] > 0).all())
+
+
 def test_consensus_cosines_are_read_in_the_round_sketch() -> None:
     """With a real sketch (d > 4k) the consensus cosines are those of the round's sketch: the
     sketch of the mean unit direction of the chosen updates (exact, the sketch being linear)
@@ -775,11 +796,13 @@ def test_the_engines_tighter_tolerance_fails_a_mildly_opposed_client(honest_roun
     assert bool((res.scores[1:] == 1.0).all())
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
 @pytest.mark.parametrize("model", ["logreg", "mlp"])
 def test_products_read_ahead_give_the_scores_of_a_plain_call(
-    honest_rounds: Rounds, model: str
+    honest_rounds: Rounds, model: str, fraction: float
 ) -> None:
-    primed, plain = PoGQSignal(path="fast"), PoGQSignal(path="fast")
+    primed = PoGQSignal(path="fast", consensus_fraction=fraction)
+    plain = PoGQSignal(path="fast", consensus_fraction=fraction)
     for t, (u, ctx) in enumerate(honest_rounds(4, model=model)):
         if t == 1:
             u[0] *= 20.0  # over the norm guard
@@ -847,7 +870,8 @@ def test_products_read_ahead_serve_only_the_updates_and_context_they_came_from(
 @pytest.mark.parametrize("primed", [False, True])
 def test_a_row_of_subnormal_entries_is_a_zero_update(honest_rounds: Rounds, primed: bool) -> None:
     """Its float64 norm (~1e-41) has an inverse that overflows float32: PoGQ takes it as a zero
-    row, as its float32 norm would be, and nothing turns NaN."""
+    row, as its float32 norm would be, nothing turns NaN, and it is not measured against the
+    consensus (cosine 0, though its direction is a consensus member's)."""
     sig = PoGQSignal(path="fast")
     for u, ctx in honest_rounds(3):
         u = u.float()
@@ -858,6 +882,7 @@ def test_a_row_of_subnormal_entries_is_a_zero_update(honest_rounds: Rounds, prim
             assert sig.prepare(u, ctx, 8, 0)
         res = sig(u, ctx)
         assert not bool(torch.isnan(res.raw["consensus_cosine"]).any())
+        assert float(res.raw["consensus_cosine"][0]) == 0.0
         assert bool(torch.isfinite(res.scores).all())
         assert float(res.raw["norm_ratio"][0]) == 0.0
     PoGQSignal(path="fast").load_state_dict(sig.state_dict())  # finite: it reloads

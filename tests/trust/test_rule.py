@@ -869,3 +869,72 @@ def test_a_round_refused_by_the_input_check_keeps_no_read_ahead() -> None:
     ctx1 = RoundContext(client_ids=tuple(range(n)), round=1)
     a, b = ahead(u, ctx1), plain(u, ctx1)
     assert torch.equal(a.aggregate, b.aggregate) and torch.equal(a.flagged, b.flagged)
+
+
+def _wide_round(n: int, seed: int) -> tuple[torch.Tensor, RoundContext]:
+    """A round of ``n`` small random updates around a shared direction for a logistic regression
+    of 8 200 parameters (a real sketch at width 1024), with a validation batch."""
+    from matl.models import LogisticRegression
+
+    model = LogisticRegression((819,), 10)
+    g = torch.Generator().manual_seed(seed)
+    theta = model.init(g)
+    d = theta.numel()
+    u = 0.01 * torch.randn(d, generator=g) + 0.01 * torch.randn(n, d, generator=g)
+    x = torch.randn(64, 819, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    ctx = RoundContext(
+        client_ids=tuple(range(n)), round=0, global_params=theta, validation=(x, y), model=model
+    )
+    return u, ctx
+
+
+def test_mode1_consensus_reads_the_round_sketch_the_primed_pass_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a real sketch (d > 4k) PoGQ's consensus cosines read the round's sketch that the
+    engine's primed pass computed: no other sketch pass runs in the round."""
+    import matl.trust.sketch as sketch
+
+    u, ctx = _wide_round(40, 0)
+    rule = MATLRule(mode=1, signal_params={"pogq": {"path": "fast"}})
+    passes: list[int] = []
+    plain = sketch._sketch_and_norms
+
+    def counted(*args: object) -> object:
+        passes.append(1)
+        return plain(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sketch, "_sketch_and_norms", counted)
+    res = rule(u, ctx)
+    assert passes == []  # the primed pass (sketch_norms_gain) served every reader
+    exact = MATLRule(mode=1, signal_params={"pogq": {"path": "exact"}})
+    exact(u.clone(), ctx)
+    assert passes == [1]  # not primed on the exact path: the engine's own sketch pass, once
+    cos = res.details["verdicts"]
+    assert len(cos) == 40
+    verdict = next(v for v in cos if v["client_id"] == 0)
+    assert any(r["signal"] == "pogq" for r in verdict["reasons"])
+
+
+def test_calls_without_a_context_are_successive_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a context the engine counts its rounds, so the row subsamples beyond
+    ``center_rows`` (innovation and peer centres) are drawn afresh each round."""
+    import matl.trust.innovation as innovation
+
+    seen: list[int] = []
+    plain = innovation.sampled_rows
+
+    def spy(pool: torch.Tensor, limit: int | None, seed: int, rnd: int, stream: int) -> object:
+        seen.append(rnd)
+        return plain(pool, limit, seed, rnd, stream)
+
+    monkeypatch.setattr(innovation, "sampled_rows", spy)
+    rule = MATLRule(mode=0, signal_params={"tcdm": {"innovation": {"center_rows": 5}}})
+    u, _ = _wide_round(12, 1)
+    for _ in range(3):
+        rule(u.clone())
+    assert seen == [0, 1, 2]
+    rule.reset()
+    rule(u.clone())
+    assert seen[-1] == 0

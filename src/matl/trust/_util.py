@@ -160,6 +160,18 @@ def round_generator(seed: int, rnd: int, stream: int) -> torch.Generator:
     return keyed_generator(seed, stream, max(rnd, 0))
 
 
+def sampled_rows(
+    pool: torch.Tensor, limit: int | None, seed: int, rnd: int, stream: int
+) -> torch.Tensor | None:
+    """``limit`` of the row indices ``pool``, drawn without replacement from
+    :func:`round_generator` ``(seed, rnd, stream)`` and sorted; ``None`` (take them all) when
+    ``limit`` is ``None`` or ``pool`` has at most ``limit`` rows."""
+    if limit is None or pool.numel() <= limit:
+        return None
+    g = round_generator(seed, rnd, stream)
+    return pool[torch.randperm(pool.numel(), generator=g)[:limit]].sort().values
+
+
 def unique_keys(n: int, ctx: RoundContext | None, signal: str) -> list[int]:
     """The round's client ids (:func:`matl.trust.base.client_keys`), checked for repeats."""
     from matl.trust.base import client_keys

@@ -10,7 +10,8 @@ Per round
    their seeds agree, as the engine's defaults do, so the detector adds no pass over the updates). Identical updates have identical sketches (cosine
    1 exactly), and the sketched cosine of two distinct updates errs by a few thousandths near 1
    (the error shrinks with the distance between the unit vectors) and by about
-   :math:`1/\sqrt{k} \approx 0.03` for unrelated ones: an honest pair at :math:`\rho = 0.9`
+   :math:`1/\sqrt{k} \approx 0.03` for unrelated ones (0.06 from 256 clients, where the
+   Gram product reads the sketch folded to 256 buckets): an honest pair at :math:`\rho = 0.9`
    stays far below ``tau = 0.99``, and persistence (step 3) multiplies any rare single-round
    coincidence away. When ``d <= 4·dim`` the exact cosines are used. A zero update is
    near-identical to nothing (free riders sending zeros are the entropy signal's business).

@@ -31,8 +31,8 @@ from matl.trust._util import (
     check_rows,
     median,
     robust_z,
-    round_generator,
     row_norms,
+    sampled_rows,
     unique_keys,
 )
 from matl.trust.base import SignalResult
@@ -315,10 +315,9 @@ class PeerSignal:
         n = updates.shape[0]
         pool = torch.arange(n) if reference is None else torch.nonzero(reference).flatten()
         rows = None if reference is None or int(pool.numel()) == n else pool
-        if self.center_rows is not None and pool.numel() > self.center_rows:
-            g = round_generator(self.seed, ctx.round if ctx is not None else 0, _STREAM_CENTER)
-            rows = pool[torch.randperm(pool.numel(), generator=g)[: self.center_rows]].sort().values
-        return robust_center(updates, rows)
+        rnd = ctx.round if ctx is not None else 0
+        drawn = sampled_rows(pool, self.center_rows, self.seed, rnd, _STREAM_CENTER)
+        return robust_center(updates, rows if drawn is None else drawn)
 
     def center_dots(self, updates: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         r"""``(n,)`` float64 :math:`u_i^\top c`: for a CPU float32/float64 input the striped

@@ -87,9 +87,8 @@ def _marks(updates: torch.Tensor, ctx: RoundContext) -> tuple[Any, ...]:
 def pogq_norms(updates: torch.Tensor) -> torch.Tensor:
     """The round's row norms (:func:`~matl.trust._util.row_norms`, summed in float64), with the
     norms below the updates' smallest normal number taken as 0: such a row is a zero update to
-    PoGQ, as its norm in the updates' own dtype would be, so that the inverse norms its consensus
-    weighs directions by fit that dtype (a float32 row of subnormal entries has a float64 norm
-    near 1e-41, whose inverse overflows float32)."""
+    PoGQ, as its norm in the updates' own dtype would be (a float32 row of subnormal entries has
+    a float64 norm near 1e-41), so it neither enters the consensus nor is measured against it."""
     norms = row_norms(updates, "pogq")
     wide = updates.dtype in (torch.float32, torch.float64)  # others are weighed in float32
     small = norms < torch.finfo(updates.dtype if wide else torch.float32).tiny
@@ -593,15 +592,19 @@ class PoGQSignal:
         ratio: torch.Tensor,
     ) -> torch.Tensor | None:
         r"""Cosines :math:`c_i = \cos(z_i, S r)` of every update's sketch :math:`z_i = S u_i` (the
-        round's shared :func:`~matl.trust.sketch.round_sketch` of width ``sketch_dim``; the
-        update itself when :math:`d \le 4k` or ``sketch_dim`` is ``None``) to the sketch of the
-        round's validated consensus :math:`r`: the mean unit direction of the :math:`\min(m,
-        \max(3, \lceil q n\rceil))` updates with the best evidence this round among the
-        :math:`m` with positive evidence, a nonzero norm and a norm ratio within the guard
-        (:math:`\rho \le \kappa`). The sketch is linear, so :math:`S r = \frac1k \sum_{j \in T}
-        z_j / \lVert u_j\rVert` is exact; only the cosine is estimated, with an error of about
-        :math:`1/\sqrt{k}` (0.03 at :math:`k = 1024`). ``None`` — no consensus this round — when
-        ``consensus_fraction`` :math:`q = 0` or fewer than three updates qualify."""
+        round's shared :func:`~matl.trust.sketch.round_sketch` of width ``sketch_dim``, :math:`w =
+        1024`; the update itself when :math:`d \le 4w` or ``sketch_dim`` is ``None``) to the
+        sketch of the round's validated consensus :math:`r`: the mean unit direction of the
+        :math:`K = \min(m, \max(3, \lceil q n\rceil))` updates with the best evidence this round
+        among the :math:`m` with positive evidence, a nonzero norm and a norm ratio within the
+        guard (:math:`\rho \le \kappa`). The sketch is linear, so :math:`S r = \frac1K \sum_{j
+        \in T} z_j / \lVert u_j\rVert` is exact; only the cosine is estimated, with an error of
+        about :math:`1/\sqrt{w}` (0.03). A zero update (``norms`` 0, as :func:`pogq_norms` reads a
+        row of subnormal entries) and a row whose sketch is not finite (a float16 run sum can
+        overflow) get cosine 0. ``None`` — no consensus this round — when ``consensus_fraction``
+        :math:`q = 0` or fewer than three updates qualify. With ``sketch_dim`` and ``seed`` those
+        of the trust engine's shared sketch (the defaults) the sketch is already there; others cost
+        a pass of their own."""
         n = updates.shape[0]
         eligible = (evidence > 0) & (ratio <= self.norm_guard) & (norms > 0)
         available = int(eligible.sum())
@@ -614,12 +617,15 @@ class PoGQSignal:
             weight = torch.zeros(n, dtype=torch.float64, device=z.device)
             weight[top] = 1.0 / (k * norms[top].to(z.device))
             ref = weight @ z
+            if not bool(torch.isfinite(ref).all()):  # an overflowed sketch row, weighed 0 or not
+                ref = weight @ torch.where(torch.isfinite(z), z, 0.0)
             ref_norm = float(torch.linalg.vector_norm(ref))
-            if not ref_norm > 0:
+            if not math.isfinite(ref_norm) or not ref_norm > 0:
                 return None
             z_norms = torch.linalg.vector_norm(z, dim=1)
             dots = z @ (ref / ref_norm)
-        cos = torch.where(z_norms > 0, dots / z_norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
+        usable = (norms.to(z.device) > 0) & (z_norms > 0) & torch.isfinite(dots)
+        cos = torch.where(usable, dots / z_norms.clamp_min(1e-300), 0.0).clamp(-1.0, 1.0)
         return cos.to(device=norms.device, dtype=torch.float64)
 
     def map_consensus(

@@ -172,6 +172,9 @@ class _Engine:
     reputation: ReputationBook
     cartel: CartelDetector | None
     committee: Committee | None
+    #: Rounds aggregated so far: the round number of a call without a context (not saved: after a
+    #: restart such calls count from 0 again, which only reseeds their random row subsamples).
+    rounds: int = 0
 
 
 @register_rule
@@ -517,6 +520,10 @@ class MATLRule(AggregationRule):
         own, and, on PoGQ's fast path, PoGQ's products (:meth:`PoGQSignal.prepare`), or in
         Mode 0 peer comparison's products with its centre (:meth:`PeerSignal.prepare`). A
         malformed input is left to the check."""
+        if ctx is None and isinstance(updates, torch.Tensor) and updates.ndim == 2:
+            # A call without a context is the engine's next round (its random row subsamples are
+            # drawn afresh), with the row indices as client ids.
+            ctx = RoundContext(client_ids=tuple(range(updates.shape[0])), round=self._engine.rounds)
         temporal = getattr(self._engine.signals.get("tcdm"), "temporal", None)
         if (
             temporal is not None
@@ -547,8 +554,9 @@ class MATLRule(AggregationRule):
         ids = client_keys(n, ctx)
         if len(set(ids)) != n:
             raise InvalidUpdateError(f"matl: repeated client ids in one round: {ids}")
-        rctx = ctx if ctx is not None else RoundContext(client_ids=tuple(ids))
         eng = self._engine
+        rctx = ctx if ctx is not None else RoundContext(client_ids=tuple(ids), round=eng.rounds)
+        eng.rounds += 1
         weights = self.resolved_weights()
         rule = self.threshold_rule()
 
@@ -925,6 +933,7 @@ class MATLRule(AggregationRule):
             eng.cartel.reset()
         if eng.committee is not None:
             eng.committee.reset()
+        eng.rounds = 0
 
 
 def _raw_flag(results: dict[str, SignalResult], signal: str, key: str) -> torch.Tensor | None:

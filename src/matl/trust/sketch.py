@@ -358,18 +358,20 @@ def fold_sketch(z: torch.Tensor, width: int) -> torch.Tensor:
 
 def sketch_cosines(x: torch.Tensor, k: int | None, *, seed: int = 0) -> torch.Tensor:
     r"""The round's shared ``(n, n)`` :func:`pairwise_cosines` of :func:`round_sketch` ``(x, k,
-        seed)``, computed once per round; **read-only** (copy before modifying).
+    seed)``, computed once per round; **read-only** (copy before modifying).
 
-        From :data:`_FOLD_FROM_ROWS` (256) rows on, a real sketch wider than :data:`_FOLD_WIDTH`
-    (256) buckets is first folded to that width (:func:`fold_sketch`): the Gram product costs
-    :math:`n^2 k`, and what its readers decide — pairs of near-identical updates at cosine 0.99,
-    each row's largest cosine — a narrower sketch still resolves. A sketched cosine's error
-    scales with the pair's own distance: for a pair at cosine :math:`c` the sketch reads
-    :math:`1 - c` within a relative error of about :math:`\sqrt{4/k}` (12 % at 256 buckets, 6 %
-    at 1024), so a pair at 0.99 reads :math:`0.990 \pm 0.0013` rather than :math:`\pm 0.0006`;
-    pairs within about 0.004 of the threshold may fall on either side, honest pairs (cosines
-    below 0.9) and the attacks' near-copies (0.9999 for collusion, 1 for ALIE and IPM) are far
-    from it. Measured at :math:`n = 1000` (2 cores): 3.3 against 12–13 ms per round.
+    From :data:`_FOLD_FROM_ROWS` (256) rows on, a real sketch of a width that is a multiple of
+    :data:`_FOLD_WIDTH` (256) and wider is first folded to 256 buckets (:func:`fold_sketch`;
+    another width, e.g. 1000, is used whole): the Gram product costs :math:`n^2 k`, and what its
+    readers decide — pairs of near-identical updates at cosine 0.99, each row's largest cosine —
+    a narrower sketch still resolves. A sketched cosine's error scales with the pair's own
+    distance: for a pair at cosine :math:`c` the sketch reads :math:`1 - c` within a relative
+    error of about :math:`\sqrt{4/k}` (12 % at 256 buckets, 6 % at 1024), so a pair at 0.99
+    reads :math:`0.990 \pm 0.0013` rather than :math:`\pm 0.0006`; pairs within about 0.004 of
+    the threshold may fall on either side, honest pairs (cosines below 0.9) and the attacks'
+    near-copies (0.9999 for collusion, 1 for ALIE and IPM) are far from it. Unrelated pairs read
+    within about :math:`\pm 1/\sqrt{256} \approx 0.06` instead of 0.03. Measured at :math:`n =
+    1000` (2 cores): 3.3 against 12–13 ms per round.
     """
     width = None if _exact(x, k) else k
 
