@@ -300,6 +300,9 @@ def test_committee_example_has_its_arms_and_its_committed_rows() -> None:
     [
         ("trust_committee.toml", "committee.csv", 216),
         ("trust_free_riders.toml", "free_riders.csv", 60),
+        ("trust_many_clients.toml", "many_clients.csv", 10),
+        ("trust_fresh_seeds_stop27.toml", "fresh_seeds_stop27.csv", 80),
+        ("trust_fresh_seeds_stop28.toml", "fresh_seeds_stop28.csv", 80),
     ],
 )
 def test_committed_rows_are_the_examples_runs(example: str, rows_file: str, count: int) -> None:
