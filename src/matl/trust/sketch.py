@@ -202,6 +202,22 @@ def _with_round_sketch(
     return tuple(extra)
 
 
+def _round_products(
+    who: str,
+    kernel: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    k: int,
+    g: torch.Tensor,
+    seed: int,
+) -> torch.Tensor:
+    """The ``(n,)`` products with ``g`` that ``kernel(x, signs, buckets, k, g) -> (sketch, norms,
+    dots)`` reads in the round's sketch pass (:func:`_with_round_sketch`)."""
+    (dots,) = _with_round_sketch(
+        who, x, k, seed, lambda signs, buckets: kernel(x, signs, buckets, k, g)
+    )
+    return dots
+
+
 def round_sketch_gain(x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     r"""Every row's dot product with ``g``, summed in float64
     (:func:`matl.aggregation.kernels.float64_dots`: the same bits), read in the same pass as the
@@ -211,14 +227,7 @@ def round_sketch_gain(x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0
     :meth:`matl.trust.quality.PoGQSignal.prepare`). Needs a kernel input
     (:func:`~matl.aggregation.kernels.kernel_dtype`) and a real sketch (:func:`sketch_width`
     ``(d, k) == k``)."""
-    (dots,) = _with_round_sketch(
-        "round_sketch_gain",
-        x,
-        k,
-        seed,
-        lambda signs, buckets: sketch_norms_gain(x, signs, buckets, k, g),
-    )
-    return dots
+    return _round_products("round_sketch_gain", sketch_norms_gain, x, k, g, seed)
 
 
 def stripe_lanes(d: int, k: int | None) -> int:
@@ -241,14 +250,7 @@ def round_sketch_dots(x: torch.Tensor, k: int, g: torch.Tensor, *, seed: int = 0
     engine: :meth:`matl.trust.peer.PeerSignal.prepare`). Needs a kernel input
     (:func:`~matl.aggregation.kernels.kernel_dtype`) and a real sketch (:func:`sketch_width`
     ``(d, k) == k``)."""
-    (dots,) = _with_round_sketch(
-        "round_sketch_dots",
-        x,
-        k,
-        seed,
-        lambda signs, buckets: sketch_norms_dots(x, signs, buckets, k, g),
-    )
-    return dots
+    return _round_products("round_sketch_dots", sketch_norms_dots, x, k, g, seed)
 
 
 def sketch_layout_changed(state: dict[str, Any], width: int | None, sketch_dim: int | None) -> bool:
